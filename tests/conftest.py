@@ -1,0 +1,81 @@
+"""Fixtures shared by every test: a real MongoDB-wire server and script runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymongo
+import pytest
+
+from mongo_store import Location
+from tests.servers import REPO, WireServer
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    """A MongoDB URI: TAO_TEST_MONGODB_URI, or a wire server started for the run."""
+    external = os.environ.get("TAO_TEST_MONGODB_URI")
+    if external:
+        yield external
+        return
+    server = WireServer().start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongo_uri: str) -> Iterator[pymongo.MongoClient]:
+    with pymongo.MongoClient(mongo_uri) as client:
+        yield client
+
+
+@pytest.fixture
+def location(mongo_client: pymongo.MongoClient) -> Iterator[Location]:
+    """A database of its own for one test, dropped afterwards."""
+    db = f"test_{uuid.uuid4().hex[:12]}"
+    yield Location(db=db)
+    mongo_client.drop_database(db)
+
+
+@pytest.fixture
+def collection(mongo_client, location: Location):
+    return mongo_client[location.db][location.collection]
+
+
+def run_script(
+    script: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run one of the top-level scripts as an operator would."""
+    full_env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("MONGODB_URI", "MONGOSECRET")
+    }
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def connection_args(mongo_uri: str, location: Location) -> list[str]:
+    """The flags that point a script at this test's database."""
+    return ["--uri", mongo_uri, "--db", location.db, "--timeout", "5"]
