@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pymongo
@@ -108,4 +111,124 @@ class WireServer:
             self.process.wait()
 
     def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+
+class PrometheusServer:
+    """A real Prometheus on 127.0.0.1 scraping given targets, with its own storage."""
+
+    def __init__(
+        self,
+        storage_dir: Path,
+        targets: list[str],
+        scrape_interval: str = "1s",
+        rule_files: tuple[str, ...] = (),
+        job_options: dict | None = None,
+    ) -> None:
+        self.storage_dir = Path(storage_dir)
+        self.targets = targets
+        self.scrape_interval = scrape_interval
+        self.rule_files = rule_files
+        self.job_options = job_options or {}
+        self.port = free_port()
+        self.log_path = self.storage_dir / "prometheus.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_config(self) -> Path:
+        """Write the configuration as JSON, which Prometheus reads as YAML."""
+        job = {
+            "job_name": "tao",
+            "scrape_interval": self.scrape_interval,
+            "scrape_timeout": self.scrape_interval,
+            "static_configs": [{"targets": self.targets}],
+            **self.job_options,
+        }
+        config = {
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "evaluation_interval": self.scrape_interval,
+            },
+            "rule_files": [str(path) for path in self.rule_files],
+            "scrape_configs": [job],
+        }
+        path = self.storage_dir / "prometheus.yml"
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    def start(self) -> PrometheusServer:
+        binary = require_binary("prometheus")
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            binary,
+            f"--config.file={self.write_config()}",
+            f"--storage.tsdb.path={self.storage_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        try:
+            wait_until(self._ready, 60, f"prometheus on {self.port}")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("prometheus did not start:\n" + self.log()) from None
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError("prometheus exited:\n" + self.log())
+        with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as response:
+            return response.status == 200
+
+    def api(self, path: str, **params: str) -> object:
+        """GET /api/v1/<path> and return its data, raising on an error status."""
+        query = urllib.parse.urlencode(params)
+        url = f"{self.url}/api/v1/{path}" + (f"?{query}" if query else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus API {path}: {body}")
+        return body["data"]
+
+    def query(self, promql: str) -> list[dict]:
+        """Run an instant query; return its result list (vector samples)."""
+        data = self.api("query", query=promql)
+        assert isinstance(data, dict)
+        return data["result"]
+
+    def wait_for(self, promql: str, timeout: float = 30) -> list[dict]:
+        """Wait until an instant query returns something; return that result."""
+        found: list[dict] = []
+
+        def check() -> bool:
+            found[:] = self.query(promql)
+            return bool(found)
+
+        try:
+            wait_until(check, timeout, f"prometheus to answer {promql}")
+        except TimeoutError:
+            targets = self.api("targets")
+            raise TimeoutError(
+                f"no result for {promql}; targets: {targets}\n{self.log()}"
+            ) from None
+        return found
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        if not self.log_path.exists():
+            return ""
         return self.log_path.read_text(errors="replace")[-5000:]
