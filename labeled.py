@@ -1,0 +1,559 @@
+"""Turn one TAO job into metric increments and record them in one atomic update.
+
+Every job feeds four families of keys in the metrics document:
+
+* labeled: ``tao_job_total``, ``tao_job_duration_sum``, ``tao_job_gpu_time_sum``
+  and ``tao_job_gpu_total`` in the Prometheus sample syntax;
+* legacy: ``total_action_<a>_<pass|fail>``, ``version_<v>_action_<a>``,
+  ``network_<n>_action_<a>`` and ``gpu_<gpu>_action_<a>``;
+* comprehensive: ``network_<n>_action_<a>_version_<v>_status_<s>_gpu_<...>``;
+* time: ``time_lapsed_today``, restarted on the first job of a new day.
+
+The legacy, comprehensive and time keys are spelled as the running TAO services
+spell them, so dashboards built on them keep counting jobs recorded here.
+
+Usage as a script::
+
+    python labeled.py record --network resnet50 --action train --version 5.3.0 \\
+        --gpu "NVIDIA A100" --time-lapsed 3600 --success --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any
+
+import cli_support
+import mongo_store
+from cli_support import UsageError
+from metric_keys import TIME_KEY, format_key
+from mongo_store import MetricsStore
+
+log = logging.getLogger("labeled")
+
+Number = int | float
+
+JOB_TOTAL = "tao_job_total"
+JOB_DURATION_SUM = "tao_job_duration_sum"
+JOB_GPU_TIME_SUM = "tao_job_gpu_time_sum"
+JOB_GPU_TOTAL = "tao_job_gpu_total"
+LAST_UPDATED = "last_updated"
+UNKNOWN_GPU = "unknown"
+
+_NOT_ALNUM = re.compile(r"[^a-zA-Z0-9]")
+
+
+@dataclass(frozen=True)
+class Job:
+    """The telemetry one finished TAO job reports."""
+
+    network: str
+    action: str
+    version: str
+    success: bool
+    user_error: bool = False
+    time_lapsed: Number = 0
+    gpu: tuple[str, ...] = ()
+    client_type: str = "container"
+    automl_triggered: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("network", "action", "version", "client_type"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"job {name} must be a non-empty string: {value!r}")
+        for name in ("success", "user_error", "automl_triggered"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"job {name} must be true or false")
+        lapsed = self.time_lapsed
+        if isinstance(lapsed, bool) or not isinstance(lapsed, int | float):
+            raise ValueError(f"job time_lapsed must be a number: {lapsed!r}")
+        if not lapsed >= 0 or lapsed == float("inf"):
+            raise ValueError(f"job time_lapsed must be a finite number >= 0: {lapsed}")
+        if isinstance(self.gpu, str) or not all(isinstance(g, str) for g in self.gpu):
+            raise ValueError("job gpu must be a list of GPU names")
+        object.__setattr__(self, "gpu", tuple(self.gpu))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Job:
+        """Build a job from a telemetry payload, as the TAO services receive it."""
+        fields = {name: data[name] for name in _JOB_FIELDS if name in data}
+        fields.setdefault("success", False)
+        return cls(**fields)
+
+
+_JOB_FIELDS = tuple(Job.__dataclass_fields__)
+
+
+def normalise(value: str) -> str:
+    """Lower-case a value and replace every character outside [a-zA-Z0-9] with _."""
+    return _NOT_ALNUM.sub("_", value).lower()
+
+
+def flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def status(job: Job) -> str:
+    return "pass" if job.success else "fail"
+
+
+# GPU types and generations.  Each row maps GPU types, as gpu_type() spells
+# them, to an architecture; ARCHITECTURES lists architectures oldest first.
+# A new GPU needs one pattern here; a new architecture one more entry.
+
+ARCHITECTURES = ("pascal", "volta", "turing", "ampere", "ada", "hopper", "blackwell")
+
+GPU_GENERATIONS: tuple[tuple[str, str], ...] = (
+    (r"^G?B\d+[A-Z]*$|^RTX50\d0|BLACKWELL$|^THOR$", "blackwell"),
+    (r"^G?H\d+[A-Z]*$", "hopper"),
+    (r"^L\d+[A-Z]*$|^RTX40\d0|ADA$", "ada"),
+    (r"^A\d+[A-Z]*$|^RTXA\d+$|^RTX30\d0|^ORIN$", "ampere"),
+    (r"^T\d+$|^RTX20\d0|^RTX[4568]000$|^TITANRTX$|^GTX16\d0", "turing"),
+    (r"^V\d+[A-Z]*$|^TITANV$|^XAVIER$", "volta"),
+    (r"^P\d+[A-Z]*$|^GTX10\d0|^TITANXP?$", "pascal"),
+)
+
+# Words in marketing names that say nothing about the chip.
+_BRAND_WORDS = frozenset({"NVIDIA", "TESLA", "GEFORCE", "QUADRO", "JETSON", "AGX"})
+# Prefixes that form one type with the word after them: RTX 4090 -> RTX4090.
+_JOINED_PREFIXES = frozenset({"RTX", "GTX", "TITAN"})
+_JOINED_INFIXES = frozenset({"PRO"})
+# Suffixes that tell apart different chips sold under one number.
+_KEPT_SUFFIXES = frozenset({"TI", "SUPER", "ADA", "BLACKWELL"})
+
+
+def gpu_type(name: str) -> str:
+    """Return the GPU type in a marketing name: 'NVIDIA A100-SXM4-80GB' -> 'A100'."""
+    words = [w for w in re.split(r"[^A-Z0-9]+", name.upper()) if w]
+    words = [w for w in words if w not in _BRAND_WORDS]
+    if not words or words[0] == "UNKNOWN":
+        return UNKNOWN_GPU
+    if words[0] not in _JOINED_PREFIXES or len(words) == 1:
+        return words[0]
+    parts = [words[0]]
+    rest = words[1:]
+    while rest and rest[0] in _JOINED_INFIXES:
+        parts.append(rest.pop(0))
+    if rest:
+        parts.append(rest.pop(0))
+    parts.extend(w for w in rest if w in _KEPT_SUFFIXES)
+    return "".join(parts)
+
+
+def architecture(gpu: str, table: Sequence[tuple[str, str]] = GPU_GENERATIONS) -> str:
+    """Return the architecture of a GPU type, or '' when the table does not know it."""
+    for pattern, name in table:
+        if re.search(pattern, gpu):
+            return name
+    return ""
+
+
+def primary_gpu(types: Sequence[str]) -> str:
+    """Pick the newest architecture's GPU type, else the most common one."""
+    if not types:
+        return UNKNOWN_GPU
+    counts = Counter(types)
+    rank = {name: position for position, name in enumerate(ARCHITECTURES, 1)}
+
+    def preference(gpu: str) -> tuple[int, int, str]:
+        newest = rank.get(architecture(gpu), 0)
+        return (-newest, -counts[gpu], gpu)
+
+    return min(counts, key=preference)
+
+
+# The builders: each yields (key, increment) pairs for one job.
+
+
+class LabeledMetricsBuilder:
+    """Spell the labeled keys of one job and what each one gains."""
+
+    def job_labels(self, job: Job) -> dict[str, str]:
+        types = [gpu_type(name) for name in job.gpu]
+        return {
+            "tao_action": normalise(job.action),
+            "tao_automl_triggered": flag(job.automl_triggered),
+            "tao_client_type": normalise(job.client_type),
+            "tao_gpu_count": str(len(job.gpu)),
+            "tao_network": normalise(job.network),
+            "tao_primary_gpu": primary_gpu(types),
+            "tao_status": status(job),
+            "tao_user_error": flag(job.user_error),
+            "tao_version": normalise(job.version),
+        }
+
+    def increments(self, job: Job) -> Iterator[tuple[str, Number]]:
+        labels = self.job_labels(job)
+        yield format_key(JOB_TOTAL, labels), 1
+        if job.time_lapsed > 0:
+            yield format_key(JOB_DURATION_SUM, labels), job.time_lapsed
+            gpu_time = job.time_lapsed * len(job.gpu)
+            yield format_key(JOB_GPU_TIME_SUM, labels), gpu_time
+        for gpu, count in sorted(Counter(gpu_type(g) for g in job.gpu).items()):
+            yield format_key(JOB_GPU_TOTAL, {"tao_gpu_type": gpu}), count
+
+
+class LegacyMetricsBuilder:
+    """Spell the four oldest counters, lower case as the TAO services write them."""
+
+    def increments(self, job: Job) -> Iterator[tuple[str, Number]]:
+        action = normalise(job.action)
+        yield f"total_action_{action}_{status(job)}", 1
+        yield f"version_{normalise(job.version)}_action_{action}", 1
+        yield f"network_{normalise(job.network)}_action_{action}", 1
+        # One per GPU in the list, so a job on two A100s adds 2.
+        for gpu in job.gpu:
+            yield f"gpu_{normalise(gpu)}_action_{action}", 1
+
+
+def comprehensive_gpu_name(name: str) -> str:
+    """Upper-case a GPU name, then replace characters outside [a-zA-Z0-9] with _."""
+    return _NOT_ALNUM.sub("_", name.upper())
+
+
+class ComprehensiveMetricsBuilder:
+    """Spell the one key that holds every attribute of a job in its name."""
+
+    def key(self, job: Job) -> str:
+        counts = Counter(comprehensive_gpu_name(gpu) for gpu in job.gpu)
+        gpus = "_".join(f"{gpu}_{count}" for gpu, count in sorted(counts.items()))
+        # With no GPUs the TAO services write "gpu_0_", trailing _ and all.
+        return (
+            f"network_{normalise(job.network)}_action_{normalise(job.action)}"
+            f"_version_{normalise(job.version)}_status_{status(job)}"
+            f"_gpu_{len(job.gpu)}_{gpus}"
+        )
+
+    def increments(self, job: Job) -> Iterator[tuple[str, Number]]:
+        yield self.key(job), 1
+
+
+BUILDERS = (
+    LabeledMetricsBuilder(),
+    LegacyMetricsBuilder(),
+    ComprehensiveMetricsBuilder(),
+)
+
+
+def counter_increments(jobs: Iterable[Job]) -> dict[str, Number]:
+    """Sum the labeled, legacy and comprehensive increments of some jobs."""
+    total: dict[str, Number] = {}
+    for job in jobs:
+        for builder in BUILDERS:
+            for key, value in builder.increments(job):
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+# Recording
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _days(now: datetime) -> tuple[str, str]:
+    """Return today as written in now's own zone, and as a UTC date."""
+    local = now.date().isoformat()
+    if now.tzinfo is None:
+        return local, local
+    return local, now.astimezone(timezone.utc).date().isoformat()
+
+
+def same_day_expression(now: datetime) -> dict[str, Any]:
+    """An expression telling whether the stored last_updated falls on now's day.
+
+    An ISO string is compared by its first ten characters, the date it was
+    written with; a BSON date by its UTC date.  A missing or null value counts
+    as today, so the first job adds to what is there; anything else as another day.
+    """
+    local, utc = _days(now)
+    stored_day = {
+        "$switch": {
+            "branches": [
+                {
+                    "case": {"$eq": [{"$type": "$$stored"}, "string"]},
+                    "then": {"$substrCP": ["$$stored", 0, 10]},
+                },
+                {
+                    "case": {"$eq": [{"$type": "$$stored"}, "date"]},
+                    "then": {
+                        "$cond": [
+                            {
+                                "$eq": [
+                                    {
+                                        "$dateToString": {
+                                            "date": "$$stored",
+                                            "format": "%Y-%m-%d",
+                                        }
+                                    },
+                                    utc,
+                                ]
+                            },
+                            local,
+                            "",
+                        ]
+                    },
+                },
+                {
+                    "case": {"$in": [{"$type": "$$stored"}, ["missing", "null"]]},
+                    "then": local,
+                },
+            ],
+            "default": "",
+        }
+    }
+    return {
+        "$let": {
+            "vars": {"stored": mongo_store.field(LAST_UPDATED)},
+            "in": {"$eq": [stored_day, {"$literal": local}]},
+        }
+    }
+
+
+def record_pipeline(
+    increments: Mapping[str, Number], time_lapsed: Number, now: datetime
+) -> list[dict[str, Any]]:
+    """One pipeline update adding the increments, the day's time and last_updated.
+
+    Keys are written through $literal, so keys holding '.' or '$' are stored
+    verbatim.  time_lapsed_today restarts from time_lapsed when the stored
+    last_updated is of another day; the server decides, in the same update.
+    """
+    pairs: list[dict[str, Any]] = [
+        {
+            "k": {"$literal": key},
+            "v": {"$add": [{"$ifNull": [mongo_store.field(key), 0]}, value]},
+        }
+        for key, value in increments.items()
+        if key not in (TIME_KEY, LAST_UPDATED)
+    ]
+    stored_time = {"$ifNull": [mongo_store.field(TIME_KEY), 0]}
+    pairs.append(
+        {
+            "k": TIME_KEY,
+            "v": {
+                "$cond": [
+                    same_day_expression(now),
+                    {"$add": [stored_time, time_lapsed]},
+                    time_lapsed,
+                ]
+            },
+        }
+    )
+    pairs.append({"k": LAST_UPDATED, "v": {"$literal": now.isoformat()}})
+    new_values = {"$arrayToObject": [pairs]}
+    return [{"$replaceWith": {"$mergeObjects": ["$$ROOT", new_values]}}]
+
+
+def record_jobs(
+    store: MetricsStore, jobs: Iterable[Job], now: datetime | None = None
+) -> dict[str, Any]:
+    """Record jobs finished at now in one atomic update; return the document after.
+
+    The result equals recording them one after another with the same now.
+    """
+    jobs = list(jobs)
+    now = now or utc_now()
+    increments = counter_increments(jobs)
+    time_lapsed = sum(job.time_lapsed for job in jobs)
+    pipeline = record_pipeline(increments, time_lapsed, now)
+    action = f"recording {len(jobs)} job(s) in {store.location.describe()}"
+    after = store.apply(pipeline, action)
+    log.info("recorded jobs=%d keys=%d", len(jobs), len(increments))
+    return after
+
+
+def record_job(
+    store: MetricsStore, job: Job, now: datetime | None = None
+) -> dict[str, Any]:
+    """Record one finished job in one atomic update; return the document after."""
+    return record_jobs(store, [job], now)
+
+
+def _stored_day(value: Any, now: datetime) -> str:
+    local, utc = _days(now)
+    if value is None:
+        return local
+    if isinstance(value, str):
+        return value[:10]
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+        return local if value.date().isoformat() == utc else ""
+    if isinstance(value, date):
+        return value.isoformat()
+    return ""
+
+
+def apply_locally(
+    document: dict[str, Any], jobs: Iterable[Job], now: datetime | None = None
+) -> dict[str, Any]:
+    """Record jobs into a document in memory, as record_jobs does on the server."""
+    jobs = list(jobs)
+    now = now or utc_now()
+    for key, value in counter_increments(jobs).items():
+        document[key] = document.get(key, 0) + value
+    time_lapsed = sum(job.time_lapsed for job in jobs)
+    if _stored_day(document.get(LAST_UPDATED), now) == _days(now)[0]:
+        document[TIME_KEY] = document.get(TIME_KEY, 0) + time_lapsed
+    else:
+        document[TIME_KEY] = time_lapsed
+    document[LAST_UPDATED] = now.isoformat()
+    return document
+
+
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labeled.py",
+        description="Record a TAO job's metrics (labeled, legacy, comprehensive and "
+        "time) in the metrics document in one atomic update, or show them with "
+        "--dry-run.",
+    )
+    cli_support.add_version(parser)
+    parser.add_argument(
+        "--log-level",
+        default=cli_support.env_default("LOG_LEVEL", "warning"),
+        choices=["debug", "info", "warning", "error"],
+        help="diagnostics on stderr (env LOG_LEVEL; default %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    record = commands.add_parser(
+        "record",
+        help="record one job",
+        description="Record one job's metric increments in one atomic update.",
+    )
+    job = record.add_argument_group("the job")
+    job.add_argument("--network", required=True, help="network, e.g. resnet50")
+    job.add_argument("--action", required=True, help="action, e.g. train")
+    job.add_argument("--version", required=True, help="TAO version, e.g. 5.3.0")
+    job.add_argument(
+        "--gpu",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a GPU the job ran on, once per GPU (e.g. --gpu 'NVIDIA A100' twice)",
+    )
+    job.add_argument(
+        "--time-lapsed",
+        type=seconds,
+        default=0,
+        metavar="SECONDS",
+        help="how long the job ran (default 0)",
+    )
+    outcome = job.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--success", action="store_true", help="the job passed")
+    outcome.add_argument("--fail", action="store_true", help="the job failed")
+    job.add_argument(
+        "--user-error", action="store_true", help="the failure was the user's"
+    )
+    job.add_argument("--client-type", default="container", help="default %(default)s")
+    job.add_argument(
+        "--automl-triggered", action="store_true", help="AutoML started the job"
+    )
+    record.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the keys and increments without contacting the database",
+    )
+    record.add_argument("--json", action="store_true", help="print JSON on stdout")
+    cli_support.add_connection_options(record)
+    return parser
+
+
+def seconds(text: str) -> Number:
+    try:
+        value: Number = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return value
+
+
+def job_from_args(args: argparse.Namespace) -> Job:
+    try:
+        return Job(
+            network=args.network,
+            action=args.action,
+            version=args.version,
+            success=args.success,
+            user_error=args.user_error,
+            time_lapsed=args.time_lapsed,
+            gpu=tuple(args.gpu),
+            client_type=args.client_type,
+            automl_triggered=args.automl_triggered,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def report(
+    job: Job,
+    now: datetime,
+    after: Mapping[str, Any] | None,
+    as_json: bool,
+) -> str:
+    """Describe what a job adds and, when written, the values after."""
+    increments = counter_increments([job])
+    if as_json:
+        body: dict[str, Any] = {
+            "dry_run": after is None,
+            "increments": increments,
+            TIME_KEY: job.time_lapsed,
+            LAST_UPDATED: now.isoformat(),
+        }
+        if after is not None:
+            keys = [*increments, TIME_KEY, LAST_UPDATED]
+            body["values"] = {key: after.get(key) for key in keys}
+        return json.dumps(body, indent=2, default=str)
+    lines = []
+    if after is None:
+        lines.append("dry run: nothing written; the job would add")
+    else:
+        lines.append("recorded the job; key, increment, value after")
+    width = max(len(key) for key in [*increments, TIME_KEY])
+    for key, value in increments.items():
+        total = "" if after is None else f"  = {after.get(key)}"
+        lines.append(f"  {key:<{width}}  +{value}{total}")
+    if after is None:
+        note = "  (restarts from it on a new day)"
+    else:
+        note = f"  = {after.get(TIME_KEY)}"
+    lines.append(f"  {TIME_KEY:<{width}}  +{job.time_lapsed}{note}")
+    lines.append(f"  {LAST_UPDATED:<{width}}  {now.isoformat()}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli_support.setup_logging(args.log_level)
+    job = job_from_args(args)
+    now = utc_now()
+    if args.dry_run:
+        print(report(job, now, None, args.json))
+        return 0
+    with cli_support.open_store(args) as store:
+        store.check_can_write()
+        after = record_job(store, job, now)
+    print(report(job, now, after, args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_support.run(main, sys.argv[1:]))
