@@ -6,13 +6,16 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import TypeVar
 
 import mongo_store
+from import_plan import InvalidInput
 from metrics_file import FileError
 from mongo_store import Location, MetricsStore, StoreError
 
 __version__ = "1.0.0"
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -20,7 +23,7 @@ class UsageError(Exception):
 
 
 # Errors a user can cause; each ends the script with one line and status 1.
-EXPECTED_ERRORS = (FileError, StoreError, UsageError)
+EXPECTED_ERRORS = (FileError, InvalidInput, StoreError, UsageError)
 
 
 def env_default(name: str, default: str | None) -> str | None:
@@ -83,10 +86,10 @@ def open_store(args: argparse.Namespace) -> MetricsStore:
     return MetricsStore(mongo_store.resolve_uri(args.uri), location, timeout)
 
 
-def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
-    """Call main, turning an expected error into one line on stderr and status 1."""
+def run(action: Callable[[T], int], argument: T) -> int:
+    """Call action, turning an expected error into one line on stderr and status 1."""
     try:
-        return main(argv)
+        return action(argument)
     except EXPECTED_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

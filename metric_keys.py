@@ -15,8 +15,9 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# \Z, not $: a name must not end in a newline.
+METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 BOOKKEEPING_KEYS = frozenset({"_id", "name", "last_updated"})
 TIME_KEY = "time_lapsed_today"
@@ -89,6 +90,8 @@ def parse_key(key: str) -> tuple[str, dict[str, str]]:
         return key, {}
     name = key[:brace]
     check_metric_name(name)
+    if key[brace:] == "{}":
+        raise InvalidKey(f"{key!r}: empty label set; write the bare name instead")
     labels = dict(_parse_labels(key, brace + 1))
     if not labels:
         raise InvalidKey(f"{key!r}: empty label set; write the bare name instead")
@@ -100,7 +103,7 @@ def _parse_labels(key: str, pos: int) -> Iterator[tuple[str, str]]:
     while True:
         end = key.find('="', pos)
         if end < 0:
-            raise InvalidKey(f"{key!r}: expected label=\"value\" at offset {pos}")
+            raise InvalidKey(f'{key!r}: expected label="value" at offset {pos}')
         label = key[pos:end]
         check_label_name(label)
         if previous and label <= previous:
@@ -147,14 +150,22 @@ def _read_value(key: str, pos: int) -> tuple[str, int]:
 # ("visual_changenet"), so the regular expressions only find candidates and
 # the comprehensive parser below checks that a split is the only one.
 _LEGACY_RES = (
-    re.compile(r"^total_action_(?P<action>.+)_(?P<status>pass|fail)$"),
-    re.compile(r"^version_(?P<version>.+)_action_(?P<action>.+)$"),
-    re.compile(r"^network_(?P<network>.+)_action_(?P<action>.+)$"),
-    re.compile(r"^gpu_(?P<gpu>.+)_action_(?P<action>.+)$"),
+    re.compile(r"^total_action_(?P<action>.+)_(?P<status>pass|fail)\Z", re.DOTALL),
+    re.compile(r"^version_(?P<version>.+)_action_(?P<action>.+)\Z", re.DOTALL),
+    re.compile(r"^network_(?P<network>.+)_action_(?P<action>.+)\Z", re.DOTALL),
+    re.compile(r"^gpu_(?P<gpu>.+)_action_(?P<action>.+)\Z", re.DOTALL),
 )
+# A job without GPUs ends in "_gpu_0_": the TAO services write the separator
+# before an empty GPU list.
 _COMPREHENSIVE_HINT = re.compile(
-    r"^network_.+_action_.+_version_.+_status_(pass|fail)_gpu_\d+(_.+)?$"
+    r"^network_.+_action_.+_version_.+_status_(pass|fail)_gpu_[0-9]+(_.*)?\Z",
+    re.DOTALL,
 )
+_COMPREHENSIVE_TAIL = re.compile(r"^(pass|fail)_gpu_([0-9]+)((?:_.*)?)\Z", re.DOTALL)
+# Enough digits for any real GPU count, few enough for int() to stay cheap.
+_MAX_COUNT_DIGITS = 6
+# Readings named in the message about an ambiguous key.
+_MAX_READINGS = 4
 
 
 @dataclass(frozen=True)

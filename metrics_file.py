@@ -30,9 +30,7 @@ from bson import json_util
 from bson.int64 import Int64
 
 STDIO = "-"
-_RELAXED = json_util.JSONOptions(
-    json_mode=json_util.JSONMode.RELAXED, tz_aware=False
-)
+_RELAXED = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED, tz_aware=False)
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -333,7 +331,9 @@ def _from_shell(text: str) -> str | None:
             pos = end
             continue
         match = _SHELL_CALL.match(text, pos)
-        if match and (pos == 0 or not (text[pos - 1].isalnum() or text[pos - 1] == "_")):
+        if match and (
+            pos == 0 or not (text[pos - 1].isalnum() or text[pos - 1] == "_")
+        ):
             converted, pos = _convert_call(text, match)
             if converted is None:
                 return None

@@ -213,7 +213,9 @@ class MetricsStore:
 
 def merge_pipeline(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     """An update pipeline that overwrites the given keys and keeps the rest."""
-    return [{"$replaceWith": {"$mergeObjects": ["$$ROOT", {"$literal": dict(metrics)}]}}]
+    return [
+        {"$replaceWith": {"$mergeObjects": ["$$ROOT", {"$literal": dict(metrics)}]}}
+    ]
 
 
 def field(key: str) -> dict[str, Any]:
@@ -233,7 +235,7 @@ def sum_pipeline(increments: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def describe_error(exc: mongo_errors.PyMongoError) -> str:
     """Say in one line what went wrong with the database."""
-    text = str(exc).split(", full error:")[0].split(", Timeout:")[0]
+    text = re.split(r", full error:|, Timeout:| \(configured timeouts", str(exc))[0]
     text = text.splitlines()[0] if text else type(exc).__name__
     if isinstance(exc, mongo_errors.OperationFailure):
         if exc.code == 18:

@@ -73,9 +73,12 @@ class WireServer:
         command = [
             shutil.which("secantusd-py") or sys.executable,
             *([] if shutil.which("secantusd-py") else ["-m", "secantus"]),
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--storage-path", self.storage_path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-path",
+            self.storage_path,
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
