@@ -118,7 +118,7 @@ def run_import(args: argparse.Namespace) -> int:
         say("[2/4] Loading current metrics from MongoDB...")
         current = store.read()
         if current is None:
-            say("   ℹ  No existing metrics in MongoDB (will create new)")
+            say("   \u2139  No existing metrics in MongoDB (will create new)")
         else:
             existing = len(import_plan.metric_names(current))
             say(f"   ✓ Found {existing} existing metrics")

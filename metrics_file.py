@@ -134,7 +134,9 @@ def atomic_write(path: str, data: bytes, overwrite: bool) -> None:
         _fsync_folder(folder)
     except FileExistsError:
         _remove(temporary)
-        raise FileError(f"{path} already exists; pass --overwrite to replace it")
+        raise FileError(
+            f"{path} already exists; pass --overwrite to replace it"
+        ) from None
     except OSError as exc:
         _remove(temporary)
         raise FileError(f"cannot write {path}: {exc.strerror or exc}") from None
@@ -238,7 +240,7 @@ def parse_text(text: str, path: str = "input") -> tuple[dict[str, Any], str]:
     lines = [line for line in stripped.splitlines() if line.strip()]
     if len(lines) > 1 and problem.extra_data:
         documents = []
-        for number, line in enumerate(lines, 1):
+        for line in lines:
             try:
                 documents.append(_loads_one(line))
             except _JsonProblem:
