@@ -11,6 +11,8 @@ value may hold any character, ``,`` ``}`` and ``"`` included.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -124,7 +126,7 @@ def _parse_labels(key: str, pos: int) -> Iterator[tuple[str, str]]:
 
 
 def _read_value(key: str, pos: int) -> tuple[str, int]:
-    """Read an escaped label value up to its closing quote; return it and the next offset."""
+    """Read an escaped label value; return it and the offset after its quote."""
     chars = []
     while pos < len(key):
         char = key[pos]
@@ -134,6 +136,8 @@ def _read_value(key: str, pos: int) -> tuple[str, int]:
             raise InvalidKey(f"{key!r}: raw newline in a label value; write \\n")
         if char == "\\":
             escaped = key[pos + 1 : pos + 2]
+            if not escaped:
+                break
             if escaped not in _UNESCAPES:
                 raise InvalidKey(
                     f"{key!r}: invalid escape '\\{escaped}' at offset {pos}"
@@ -196,26 +200,47 @@ def classify(key: str) -> str:
 
 
 def parse_comprehensive(key: str) -> ComprehensiveKey:
-    """Parse a comprehensive key, or raise InvalidKey when it is not exactly one."""
+    """Parse a comprehensive key, or raise InvalidKey when it is not exactly one.
+
+    Names may hold underscores and GPU names numbers, so a key can split in
+    more than one way.  GPU counts must add up to the stated total; when that
+    still leaves several readings, those listing GPU names in ascending order
+    (as the TAO services write them) win.  A key still ambiguous is refused.
+    """
     if not key.startswith("network_"):
         raise InvalidKey(f"{key!r} is not a comprehensive key")
-    found = set()
+    found: list[ComprehensiveKey] = []
     for head, gpu_count, gpu_part in _split_comprehensive(key):
-        for gpus in _split_gpus(gpu_part, gpu_count):
-            found.add(ComprehensiveKey(*head, gpu_count, gpus))
+        for gpus in _split_gpus(gpu_part, gpu_count, _MAX_READINGS + 1):
+            found.append(ComprehensiveKey(*head, gpu_count, gpus))
+        if len(found) > _MAX_READINGS:
+            break
     if not found:
-        raise InvalidKey(f"{key!r} cannot be read as a comprehensive key")
+        raise InvalidKey(
+            f"{key!r} cannot be read as network_<n>_action_<a>_version_<v>"
+            "_status_<pass|fail>_gpu_<total>[_<GPU>_<count>...] with counts "
+            "adding up to the total"
+        )
     if len(found) > 1:
-        readings = "; ".join(sorted(_describe(parsed) for parsed in found))
-        raise InvalidKey(f"{key!r} is ambiguous: {readings}")
-    return found.pop()
+        ordered = [parsed for parsed in found if _ascending(parsed.gpus)]
+        if len(ordered) == 1 and len(found) <= _MAX_READINGS:
+            return ordered[0]
+        shown = "; ".join(_describe(parsed) for parsed in found[:_MAX_READINGS])
+        more = " and more" if len(found) > _MAX_READINGS else ""
+        raise InvalidKey(f"{key!r} is ambiguous, it reads as: {shown}{more}")
+    return found[0]
+
+
+def _ascending(gpus: tuple[tuple[str, int], ...]) -> bool:
+    names = [name for name, _ in gpus]
+    return all(left < right for left, right in itertools.pairwise(names))
 
 
 def _describe(parsed: ComprehensiveKey) -> str:
     gpus = ", ".join(f"{name} x{count}" for name, count in parsed.gpus)
     return (
         f"network={parsed.network} action={parsed.action} "
-        f"version={parsed.version} gpus=[{gpus}]"
+        f"version={parsed.version} status={parsed.status} gpus=[{gpus}]"
     )
 
 
@@ -239,8 +264,8 @@ def _split_comprehensive(
             after_version = version_at + len("_version_")
             for status_at in _positions(key, "_status_", after_version + 1):
                 tail = key[status_at + len("_status_") :]
-                match = re.match(r"^(pass|fail)_gpu_(\d+)((?:_.+)?)$", tail)
-                if not match:
+                match = _COMPREHENSIVE_TAIL.match(tail)
+                if not match or len(match.group(2)) > _MAX_COUNT_DIGITS:
                     continue
                 head = (
                     key[start:action_at],
@@ -251,30 +276,34 @@ def _split_comprehensive(
                 yield head, int(match.group(2)), match.group(3)[1:]
 
 
-def _split_gpus(text: str, total: int) -> Iterator[tuple[tuple[str, int], ...]]:
-    """Yield each reading of NAME_n[_NAME_n...] whose counts add up to total."""
+def _split_gpus(text: str, total: int, limit: int) -> list[tuple[tuple[str, int], ...]]:
+    """Return up to limit readings of NAME_n[_NAME_n...] adding up to total."""
     if not text:
-        if total == 0:
-            yield ()
-        return
+        return [()] if total == 0 else []
     tokens = text.split("_")
-    yield from _gpu_groups(tokens, 0, total)
+    counts = [_count(token) for token in tokens]
+
+    @functools.cache
+    def groups(start: int, remaining: int) -> tuple[tuple[tuple[str, int], ...], ...]:
+        if start == len(tokens):
+            return ((),) if remaining == 0 else ()
+        found: list[tuple[tuple[str, int], ...]] = []
+        for count_at in range(start + 1, len(tokens)):
+            count = counts[count_at]
+            if not 0 < count <= remaining:
+                continue
+            name = "_".join(tokens[start:count_at])
+            for rest in groups(count_at + 1, remaining - count):
+                found.append(((name, count), *rest))
+                if len(found) >= limit:
+                    return tuple(found)
+        return tuple(found)
+
+    return list(groups(0, total))
 
 
-def _gpu_groups(
-    tokens: list[str], start: int, remaining: int
-) -> Iterator[tuple[tuple[str, int], ...]]:
-    if start == len(tokens):
-        if remaining == 0:
-            yield ()
-        return
-    for count_at in range(start + 1, len(tokens)):
-        token = tokens[count_at]
-        if not token.isdigit() or not token.isascii():
-            continue
-        count = int(token)
-        if count == 0 or count > remaining:
-            continue
-        name = "_".join(tokens[start:count_at])
-        for rest in _gpu_groups(tokens, count_at + 1, remaining - count):
-            yield ((name, count), *rest)
+def _count(token: str) -> int:
+    """Return the GPU count a token spells, 0 when it spells none."""
+    if token.isascii() and token.isdigit() and len(token) <= _MAX_COUNT_DIGITS:
+        return int(token)
+    return 0
