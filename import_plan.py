@@ -197,9 +197,10 @@ def plan_import(
         for key, value in (current_document or {}).items()
         if key not in ("_id", "name")
     }
+    pipeline: list[dict[str, Any]]
     if mode == REPLACE:
         final = dict(imported)
-        pipeline = [{"$replaceWith": {"$literal": {"name": document_name, **final}}}]
+        pipeline = mongo_store.replace_pipeline(document_name, final)
     elif strategy == OVERWRITE:
         final = {**current, **imported}
         pipeline = mongo_store.merge_pipeline(_metrics_only(imported))
@@ -209,9 +210,7 @@ def plan_import(
     elif strategy == MISSING:
         final = {**imported, **current}
         missing = {k: v for k, v in imported.items() if k not in current}
-        pipeline = [
-            {"$replaceWith": {"$mergeObjects": [{"$literal": missing}, "$$ROOT"]}}
-        ]
+        pipeline = mongo_store.add_missing_pipeline(missing)
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     if mode == MERGE:

@@ -196,9 +196,7 @@ class MetricsStore:
 
     def replace(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """Make the stored document exactly this one, keeping its _id."""
-        content = {"name": self.location.document_name, **document}
-        content.pop("_id", None)
-        pipeline = [{"$replaceWith": {"$literal": content}}]
+        pipeline = replace_pipeline(self.location.document_name, document)
         return self.apply(pipeline, "replacing metrics")
 
     def record_history(self, entry: Mapping[str, Any]) -> None:
@@ -216,6 +214,20 @@ def merge_pipeline(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [
         {"$replaceWith": {"$mergeObjects": ["$$ROOT", {"$literal": dict(metrics)}]}}
     ]
+
+
+def add_missing_pipeline(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """An update pipeline that adds the given keys only where they are absent."""
+    return [
+        {"$replaceWith": {"$mergeObjects": [{"$literal": dict(metrics)}, "$$ROOT"]}}
+    ]
+
+
+def replace_pipeline(name: str, document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """An update pipeline that makes the document exactly this one, keeping _id."""
+    content = {"name": name}
+    content.update((k, v) for k, v in document.items() if k not in ("_id", "name"))
+    return [{"$replaceWith": {"$literal": content}}]
 
 
 def field(key: str) -> dict[str, Any]:
