@@ -198,23 +198,36 @@ def plan_import(
         if key not in ("_id", "name")
     }
     pipeline: list[dict[str, Any]]
+    mine = current.get("last_updated")
+    newer = _newer_last_updated(mine, imported.get("last_updated"))
+    # Only an import that moves last_updated forward writes it.
+    moment = _last_updated_expression(mine, newer) if newer is not mine else None
     if mode == REPLACE:
         final = dict(imported)
         pipeline = mongo_store.replace_pipeline(document_name, final)
     elif strategy == OVERWRITE:
         final = {**current, **imported}
-        pipeline = mongo_store.merge_pipeline(_metrics_only(imported))
+        if moment is None:
+            pipeline = mongo_store.merge_pipeline(_metrics_only(imported))
+        else:
+            pipeline = mongo_store.merge_pipeline(imported, {"last_updated": moment})
     elif strategy == SUM:
         final = _summed(current, imported)
         pipeline = mongo_store.sum_pipeline(_counters(imported))
+        if metric_keys.TIME_KEY in imported:
+            # The target's time_lapsed_today is kept; an absent one is added.
+            time_lapsed = {metric_keys.TIME_KEY: imported[metric_keys.TIME_KEY]}
+            pipeline += mongo_store.add_missing_pipeline(time_lapsed)
     elif strategy == MISSING:
         final = {**imported, **current}
         missing = {k: v for k, v in imported.items() if k not in current}
         pipeline = mongo_store.add_missing_pipeline(missing)
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
-    if mode == MERGE:
-        pipeline += _last_updated_stage(current, imported, final, strategy)
+    if mode == MERGE and newer is not None:
+        final["last_updated"] = newer
+        if moment is not None and strategy != OVERWRITE:
+            pipeline.append(_set_last_updated(moment))
     plan = Plan(mode, strategy, current, dict(imported), final, pipeline)
     _count_changes(plan)
     with_name = {"_id": bson.ObjectId(), "name": document_name, **final}
@@ -255,40 +268,34 @@ def add(left: Number, right: Number) -> Number:
     return total
 
 
-def _last_updated_stage(
-    current: Mapping[str, Any],
-    imported: Mapping[str, Any],
-    final: dict[str, Any],
-    strategy: str,
-) -> list[dict[str, Any]]:
-    """Keep the newer last_updated, unless the server changed it meanwhile."""
-    if strategy == SUM and metric_keys.TIME_KEY in imported:
-        if metric_keys.TIME_KEY not in current:
-            final[metric_keys.TIME_KEY] = imported[metric_keys.TIME_KEY]
-    mine = current.get("last_updated")
-    theirs = imported.get("last_updated")
+def _newer_last_updated(mine: Any, theirs: Any) -> Any:
+    """Return the newer time; a stored value that is no time counts as older."""
     if theirs is None:
-        return []
-    newer = theirs if mine is None or parse_time(theirs) > parse_time(mine) else mine
-    final["last_updated"] = newer
-    if newer is mine:
-        return []
+        return mine
+    if mine is None or last_updated_problem(mine):
+        return theirs
+    return theirs if parse_time(theirs) > parse_time(mine) else mine
+
+
+def _last_updated_expression(mine: Any, newer: Any) -> dict[str, Any]:
+    """Give newer, unless another writer changed last_updated since it was read."""
     stored = mongo_store.field("last_updated")
     # A stored value equal to what was read means no other writer changed it.
     seen = {"$literal": mine} if mine is not None else ABSENT
     unchanged = {"$eq": [{"$ifNull": [stored, ABSENT]}, seen]}
-    value = {"$cond": [unchanged, {"$literal": newer}, stored]}
-    return [
-        {
-            "$replaceWith": {
-                "$setField": {
-                    "field": {"$literal": "last_updated"},
-                    "input": "$$ROOT",
-                    "value": value,
-                }
+    return {"$cond": [unchanged, {"$literal": newer}, stored]}
+
+
+def _set_last_updated(value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "$replaceWith": {
+            "$setField": {
+                "field": {"$literal": "last_updated"},
+                "input": "$$ROOT",
+                "value": value,
             }
         }
-    ]
+    }
 
 
 def _count_changes(plan: Plan) -> None:

@@ -209,18 +209,35 @@ class MetricsStore:
             return list(self.history.find(query).sort("time", 1))
 
 
-def merge_pipeline(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """An update pipeline that overwrites the given keys and keeps the rest."""
-    return [
-        {"$replaceWith": {"$mergeObjects": ["$$ROOT", {"$literal": dict(metrics)}]}}
-    ]
+def merge_pipeline(
+    metrics: Mapping[str, Any], computed: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """An update pipeline that overwrites the given keys and keeps the rest.
+
+    A key in computed (a plain field name) gets that expression's value
+    instead of its literal one.
+    New keys are added in the order of metrics, computed ones included, so a
+    document imported into an empty target keeps its key order.
+    """
+    computed = computed or {}
+    parts: list[Any] = ["$$ROOT"]
+    chunk: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key in computed:
+            parts += [{"$literal": chunk}, {key: computed[key]}]
+            chunk = {}
+        else:
+            chunk[key] = value
+    parts.append({"$literal": chunk})
+    return [{"$replaceWith": {"$mergeObjects": parts}}]
 
 
 def add_missing_pipeline(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     """An update pipeline that adds the given keys only where they are absent."""
-    return [
-        {"$replaceWith": {"$mergeObjects": [{"$literal": dict(metrics)}, "$$ROOT"]}}
-    ]
+    # The stored document comes first to keep its key order and last so that
+    # its values win, also for keys another writer added meanwhile.
+    merged = ["$$ROOT", {"$literal": dict(metrics)}, "$$ROOT"]
+    return [{"$replaceWith": {"$mergeObjects": merged}}]
 
 
 def replace_pipeline(name: str, document: Mapping[str, Any]) -> list[dict[str, Any]]:
