@@ -90,6 +90,11 @@ def parse_key(key: str) -> tuple[str, dict[str, str]]:
     if brace < 0:
         check_metric_name(key)
         return key, {}
+    plain = _PLAIN_KEY_RE.fullmatch(key)
+    if plain:
+        labels = _plain_labels(plain.group(2))
+        if labels is not None:
+            return plain.group(1), labels
     name = key[:brace]
     check_metric_name(name)
     if key[brace:] == "{}":
@@ -98,6 +103,26 @@ def parse_key(key: str) -> tuple[str, dict[str, str]]:
     if not labels:
         raise InvalidKey(f"{key!r}: empty label set; write the bare name instead")
     return name, labels
+
+
+# A labeled key whose values need no unescaping, the common case, is read
+# with one match instead of character by character; any other key, valid or
+# not, takes the strict path below, which also explains faults.
+_PLAIN_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'
+_PLAIN_KEY_RE = re.compile(
+    rf"([a-zA-Z_:][a-zA-Z0-9_:]*)\{{((?:{_PLAIN_LABEL},)*{_PLAIN_LABEL})\}}"
+)
+
+
+def _plain_labels(text: str) -> dict[str, str] | None:
+    """Read quote-free label pairs; None when unsorted, repeated or reserved."""
+    parts = text.split('"')
+    names = [part.lstrip(",")[:-1] for part in parts[0:-1:2]]
+    if any(left >= right for left, right in itertools.pairwise(names)):
+        return None
+    if any(name.startswith("__") for name in names):
+        return None
+    return dict(zip(names, parts[1::2], strict=True))
 
 
 def _parse_labels(key: str, pos: int) -> Iterator[tuple[str, str]]:
