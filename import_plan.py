@@ -303,7 +303,9 @@ def _count_changes(plan: Plan) -> None:
         if key not in plan.current:
             plan.added.append(key)
         elif same(plan.current[key], plan.final[key]):
-            plan.unchanged.append(key)
+            # Only keys the file names count; the others are merely kept.
+            if key in plan.imported:
+                plan.unchanged.append(key)
         else:
             plan.updated.append(key)
             old, new = plan.current[key], plan.final[key]
