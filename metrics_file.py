@@ -13,6 +13,7 @@ gzip-compressed.
 
 from __future__ import annotations
 
+import decimal
 import gzip
 import hashlib
 import json
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bson import errors as bson_errors
 from bson import json_util
 from bson.int64 import Int64
 
@@ -271,8 +273,17 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> Any:
         raise _JsonProblem(f"duplicate keys: {shown}")
     try:
         return json_util.object_pairs_hook(pairs, _RELAXED)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise _JsonProblem(f"invalid Extended JSON value: {exc}") from None
+    except (
+        TypeError,
+        ValueError,
+        ArithmeticError,
+        bson_errors.BSONError,
+    ) as exc:
+        detail = str(exc).split(" (")[0]
+        if isinstance(exc, decimal.InvalidOperation):
+            detail = "not a decimal number"
+        shown = json.dumps(dict(pairs), default=repr)[:80]
+        raise _JsonProblem(f"invalid Extended JSON value {shown}: {detail}") from None
 
 
 def _reject_constant(name: str) -> Any:
@@ -290,7 +301,8 @@ def _loads_one(text: str) -> dict[str, Any]:
                 f"more than one JSON value (extra data at line {exc.lineno})",
                 extra_data=True,
             ) from None
-        if exc.pos >= len(text.rstrip()) - 1:
+        # A string left open runs to the end of the text: that is truncation too.
+        if exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated"):
             raise _JsonProblem(
                 f"invalid JSON: the text ends early at line {exc.lineno} "
                 "(the file looks truncated)"
@@ -300,6 +312,9 @@ def _loads_one(text: str) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise _JsonProblem("invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        # Python refuses to convert integers of thousands of digits.
+        raise _JsonProblem(f"invalid JSON: {str(exc).split(';')[0]}") from None
     if not isinstance(value, dict):
         raise _JsonProblem(
             f"the top level is a {type(value).__name__}, not one document"
