@@ -304,17 +304,15 @@ def same_day_expression(now: datetime) -> dict[str, Any]:
                         ]
                     },
                 },
-                {
-                    "case": {"$in": [{"$type": "$$stored"}, ["missing", "null"]]},
-                    "then": local,
-                },
             ],
             "default": "",
         }
     }
     return {
         "$let": {
-            "vars": {"stored": mongo_store.field(LAST_UPDATED)},
+            # $ifNull, not a "missing" branch on $type: it is the one test
+            # of absence that MongoDB and SecantusDB agree on.
+            "vars": {"stored": {"$ifNull": [mongo_store.field(LAST_UPDATED), local]}},
             "in": {"$eq": [stored_day, {"$literal": local}]},
         }
     }
@@ -448,8 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     job.add_argument(
         "--time-lapsed",
-        type=seconds,
-        default=0,
+        default="0",
         metavar="SECONDS",
         help="how long the job ran (default 0)",
     )
@@ -474,15 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def seconds(text: str) -> Number:
+    """Read a duration in seconds, an integer when it is one."""
     try:
         value: Number = int(text)
     except ValueError:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            raise UsageError(f"--time-lapsed: not a number: {text!r}") from None
     if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+        raise UsageError(f"--time-lapsed: must be a finite number >= 0: {text!r}")
     return value
 
 
@@ -494,7 +492,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
             version=args.version,
             success=args.success,
             user_error=args.user_error,
-            time_lapsed=args.time_lapsed,
+            time_lapsed=seconds(args.time_lapsed),
             gpu=tuple(args.gpu),
             client_type=args.client_type,
             automl_triggered=args.automl_triggered,
@@ -504,39 +502,30 @@ def job_from_args(args: argparse.Namespace) -> Job:
 
 
 def report(
-    job: Job,
-    now: datetime,
-    after: Mapping[str, Any] | None,
-    as_json: bool,
+    job: Job, now: datetime, after: Mapping[str, Any] | None, as_json: bool
 ) -> str:
-    """Describe what a job adds and, when written, the values after."""
+    """Describe what a job adds and, once written, each key's value after."""
     increments = counter_increments([job])
     if as_json:
         body: dict[str, Any] = {
             "dry_run": after is None,
-            "increments": increments,
-            TIME_KEY: job.time_lapsed,
+            "increments": {**increments, TIME_KEY: job.time_lapsed},
             LAST_UPDATED: now.isoformat(),
         }
         if after is not None:
             keys = [*increments, TIME_KEY, LAST_UPDATED]
             body["values"] = {key: after.get(key) for key in keys}
         return json.dumps(body, indent=2, default=str)
-    lines = []
+    rows = [(f"+{value}", key) for key, value in increments.items()]
+    rows.append((f"+{job.time_lapsed}", TIME_KEY))
     if after is None:
-        lines.append("dry run: nothing written; the job would add")
+        lines = ["dry run: nothing written; the job would add"]
+        lines += [f"{change:>12}  {key}" for change, key in rows]
+        lines[-1] += f" (restarts from {job.time_lapsed} on a new day)"
     else:
-        lines.append("recorded the job; key, increment, value after")
-    width = max(len(key) for key in [*increments, TIME_KEY])
-    for key, value in increments.items():
-        total = "" if after is None else f"  = {after.get(key)}"
-        lines.append(f"  {key:<{width}}  +{value}{total}")
-    if after is None:
-        note = "  (restarts from it on a new day)"
-    else:
-        note = f"  = {after.get(TIME_KEY)}"
-    lines.append(f"  {TIME_KEY:<{width}}  +{job.time_lapsed}{note}")
-    lines.append(f"  {LAST_UPDATED:<{width}}  {now.isoformat()}")
+        lines = ["recorded the job: increment, value after, key"]
+        lines += [f"{change:>12} {after.get(key)!s:>12}  {key}" for change, key in rows]
+    lines.append(f"{'':>12}  {LAST_UPDATED} = {now.isoformat()}")
     return "\n".join(lines)
 
 

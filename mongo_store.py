@@ -183,6 +183,11 @@ class MetricsStore:
                 return_document=ReturnDocument.AFTER,
             )
         if after is None:
+            # An upsert always leaves the document, yet SecantusDB answers
+            # with none when two upserts race into a new collection, after
+            # applying both: read it rather than report a failed write.
+            after = self.read()
+        if after is None:
             raise StoreError(f"{action}: the server returned no document")
         return after
 
