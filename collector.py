@@ -26,8 +26,9 @@ UNTYPED = "untyped"
 # Reasons a key is not served; each is a value of the keys_skipped label.
 INVALID_KEY = "invalid_key"
 NON_NUMERIC = "non_numeric"
+BAD_COUNTER_VALUE = "bad_counter_value"
 COLLISION = "collision"
-SKIP_REASONS = (INVALID_KEY, NON_NUMERIC, COLLISION)
+SKIP_REASONS = (INVALID_KEY, NON_NUMERIC, BAD_COUNTER_VALUE, COLLISION)
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -97,6 +98,13 @@ def format_value(value: Any) -> str | None:
             return "NaN"
         return "+Inf" if value > 0 else "-Inf"
     return None
+
+
+def counter_value_ok(text: str) -> bool:
+    """Tell whether a counter may hold this value: not negative, not NaN."""
+    if text == "NaN":
+        return False
+    return not text.startswith("-") or float(text) == 0
 
 
 class KeyNames:
@@ -184,6 +192,10 @@ def build_families(
                     "flat keys are gauges"
                 )
                 skipped.append(Skipped(key, COLLISION, detail))
+                continue
+            if kind == COUNTER and not counter_value_ok(text):
+                detail = f"counter value {text} is negative or NaN"
+                skipped.append(Skipped(key, BAD_COUNTER_VALUE, detail))
                 continue
             family.lines.append(f"{key} {text}\n")
         families.append(family)
