@@ -467,7 +467,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     record.add_argument("--json", action="store_true", help="print JSON on stdout")
     cli_support.add_connection_options(record)
+    sample = commands.add_parser(
+        "sample",
+        help="record realistic made-up jobs, for demos and load tests",
+        description="Record N realistic jobs, the same ones for the same seed, "
+        "in one atomic update.",
+    )
+    sample.add_argument(
+        "--jobs", default="100", help="how many jobs (default %(default)s)"
+    )
+    sample.add_argument(
+        "--seed", type=int, default=0, help="picks the jobs (default %(default)s)"
+    )
+    sample.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count the keys the jobs would change without contacting the database",
+    )
+    sample.add_argument("--json", action="store_true", help="print JSON on stdout")
+    cli_support.add_connection_options(sample)
     return parser
+
+
+def job_count(text: str) -> int:
+    """Read the --jobs value: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--jobs: not a whole number: {text!r}") from None
+    if value < 1:
+        raise UsageError(f"--jobs: must be at least 1: {text!r}")
+    return value
 
 
 def seconds(text: str) -> Number:
@@ -529,9 +559,7 @@ def report(
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cli_support.setup_logging(args.log_level)
+def record_command(args: argparse.Namespace) -> int:
     job = job_from_args(args)
     now = utc_now()
     if args.dry_run:
@@ -542,6 +570,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         after = record_job(store, job, now)
     print(report(job, now, after, args.json))
     return 0
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    # Imported here: sample_data builds on this module's Job.
+    from sample_data import sample_jobs
+
+    jobs = list(sample_jobs(job_count(args.jobs), args.seed))
+    keys = len(counter_increments(jobs)) + 2
+    summary: dict[str, Any] = {"jobs": len(jobs), "seed": args.seed, "keys": keys}
+    if not args.dry_run:
+        with cli_support.open_store(args) as store:
+            store.check_can_write()
+            after = record_jobs(store, jobs)
+        summary["document_keys"] = len(after)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **summary}, indent=2))
+    elif args.dry_run:
+        print(
+            f"dry run: {len(jobs)} sample jobs (seed {args.seed}) would change "
+            f"{keys} keys"
+        )
+    else:
+        print(
+            f"recorded {len(jobs)} sample jobs (seed {args.seed}): {keys} keys "
+            f"changed, {summary['document_keys']} keys in the document"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli_support.setup_logging(args.log_level)
+    if args.command == "sample":
+        return sample_command(args)
+    return record_command(args)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def _parse_labels(key: str, pos: int) -> Iterator[tuple[str, str]]:
 
 def _read_value(key: str, pos: int) -> tuple[str, int]:
     """Read an escaped label value; return it and the offset after its quote."""
-    chars = []
+    chars: list[str] = []
     while pos < len(key):
         char = key[pos]
         if char == '"':

@@ -12,8 +12,10 @@ import pytest
 from labeled import (
     ARCHITECTURES,
     GPU_GENERATIONS,
+    ComprehensiveMetricsBuilder,
     Job,
     LabeledMetricsBuilder,
+    LegacyMetricsBuilder,
     apply_locally,
     architecture,
     counter_increments,
@@ -23,7 +25,15 @@ from labeled import (
     record_jobs,
     record_pipeline,
 )
-from metric_keys import LABELED, classify, format_key, parse_key
+from metric_keys import (
+    COMPREHENSIVE,
+    LABELED,
+    LEGACY,
+    classify,
+    format_key,
+    parse_comprehensive,
+    parse_key,
+)
 from mongo_store import Location, MetricsStore
 from sample_data import sample_jobs
 from tests.conftest import run_script
@@ -242,12 +252,17 @@ def test_generation_table_is_data_that_a_newcomer_extends() -> None:
     assert architecture("RUBIN", table) == "blackwell"
 
 
-def test_labeled_keys_parse_and_classify() -> None:
-    for job in sample_jobs(40, seed=3):
-        for key in counter_increments([job]):
-            if key.startswith("tao_"):
-                assert classify(key) == LABELED
-                assert format_key(*parse_key(key)) == key
+def test_every_family_reads_back_through_the_grammar() -> None:
+    for job in sample_jobs(200, seed=3):
+        for key, _ in LabeledMetricsBuilder().increments(job):
+            assert classify(key) == LABELED
+            assert format_key(*parse_key(key)) == key
+        for key, _ in LegacyMetricsBuilder().increments(job):
+            assert classify(key) == LEGACY
+        key = ComprehensiveMetricsBuilder().key(job)
+        assert classify(key) == COMPREHENSIVE
+        parsed = parse_comprehensive(key)
+        assert (parsed.network, parsed.gpu_count) == (job.network, len(job.gpu))
 
 
 @pytest.mark.parametrize(
@@ -529,3 +544,28 @@ def test_cli_help_and_version() -> None:
     version = run_script("labeled.py", "--version")
     assert version.returncode == 0
     assert version.stdout.startswith("labeled.py ")
+
+
+def test_cli_sample_records_the_seeded_jobs(
+    connection_args, store: MetricsStore
+) -> None:
+    dry = run_script("labeled.py", "sample", "--jobs", "60", "--seed", "4", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    expected = apply_locally({"name": "metrics"}, sample_jobs(60, seed=4), NOW)
+    keys = len(expected) - 1
+    assert dry.stdout.strip() == (
+        f"dry run: 60 sample jobs (seed 4) would change {keys} keys"
+    )
+    args = ["sample", "--jobs", "60", "--seed", "4", "--json", *connection_args]
+    result = run_script("labeled.py", *args)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["document_keys"] == keys + 2
+    document = stored(store)
+    expected["last_updated"] = document["last_updated"]
+    assert document == expected
+
+
+def test_cli_sample_refuses_zero_jobs() -> None:
+    result = run_script("labeled.py", "sample", "--jobs", "0", "--dry-run")
+    assert result.returncode == 1
+    assert result.stderr == "error: --jobs: must be at least 1: '0'\n"
