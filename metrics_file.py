@@ -168,6 +168,8 @@ def _fsync_folder(folder: str) -> None:
 def read_document(path: str) -> LoadedFile:
     """Read one metrics document from a backup file, or raise FileError."""
     data = _read_bytes(path)
+    # The size and checksum are those of the file as stored, compressed or not.
+    size = len(data)
     digest = hashlib.sha256(data).hexdigest()
     if path != STDIO:
         _check_checksum(path, digest)
@@ -183,7 +185,7 @@ def read_document(path: str) -> LoadedFile:
     if not text.strip():
         raise FileError(f"{path} is empty")
     document, source_format = parse_text(text, path)
-    return LoadedFile(document, len(data), digest, source_format)
+    return LoadedFile(document, size, digest, source_format)
 
 
 def _read_bytes(path: str) -> bytes:

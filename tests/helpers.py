@@ -25,14 +25,15 @@ def rich_document() -> dict[str, Any]:
     return {
         "total_action_train_pass": 7,
         "total_action_evaluate_fail": Int64(3),
-        "total_network_resnet50": Int64(2**40 + 1),
+        "network_resnet50_action_train": Int64(2**40 + 1),
         COMPREHENSIVE_KEY: 12,
         "last_updated": datetime.datetime(2024, 5, 6, 7, 8, 9, 123000),
         "time_lapsed_today": 3600.25,
         LABELED_KEY: 5.0,
         DOTTED_LABELED_KEY: Decimal128("2.50"),
         'tao_gpu_seconds_total{tao_gpu="$A100.80GB"}': 1.5,
-        "total_version_5_3_0": -(2**31),
+        "version_5_3_0_action_train": -(2**31),
+        "custom.counter": 4,
     }
 
 

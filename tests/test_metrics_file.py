@@ -67,10 +67,10 @@ def test_ordinary_values_are_plain_json() -> None:
     plain = json.loads(text)
     assert plain["total_action_train_pass"] == 7
     assert plain["time_lapsed_today"] == 3600.25
-    assert plain["total_version_5_3_0"] == -(2**31)
+    assert plain["version_5_3_0_action_train"] == -(2**31)
     # Only what plain JSON would change is wrapped.
     assert plain["total_action_evaluate_fail"] == {"$numberLong": "3"}
-    assert plain["total_network_resnet50"] == {"$numberLong": str(2**40 + 1)}
+    assert plain["network_resnet50_action_train"] == {"$numberLong": str(2**40 + 1)}
     assert plain["last_updated"] == {"$date": "2024-05-06T07:08:09.123Z"}
     assert "$numberInt" not in text and "$numberDouble" not in text
 
@@ -192,7 +192,7 @@ MongoDB server version: 4.4.29
 	"name" : "metrics",
 	"total_action_train_pass" : 12,
 	"total_action_export_pass" : NumberLong(3),
-	"total_network_resnet50" : NumberLong("1099511627777"),
+	"network_resnet50_action_train" : NumberLong("1099511627777"),
 	"total_action_evaluate_fail" : NumberInt(2),
 	"time_lapsed_today" : 12.5,
 	"tao_job_total{tao_action=\\"train\\"}" : 4,
@@ -208,7 +208,7 @@ def test_reads_legacy_shell_printjson_output() -> None:
     assert parsed["_id"] == bson.ObjectId("65a1b2c3d4e5f60718293a4b")
     assert parsed["total_action_export_pass"] == 3
     assert type(parsed["total_action_export_pass"]) is Int64
-    assert parsed["total_network_resnet50"] == Int64(1099511627777)
+    assert parsed["network_resnet50_action_train"] == Int64(1099511627777)
     assert type(parsed["total_action_evaluate_fail"]) is int
     assert parsed['tao_job_total{tao_action="train"}'] == 4
     assert parsed["note_ISODate(x)"] == 1

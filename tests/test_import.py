@@ -1,0 +1,499 @@
+"""import_metrics.py run as an operator runs it: old server -> file -> new server."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import bson
+import pytest
+from bson.int64 import Int64
+
+import metrics_file
+from mongo_store import HISTORY_COLLECTION_SUFFIX, Location
+from tests.conftest import run_script
+from tests.helpers import assert_identical, rich_document, store, without_id
+from tests.servers import REPO
+
+RULE = "=" * 80
+EARLY = datetime.datetime(2024, 1, 1, 12, 0)
+
+
+@pytest.fixture
+def target(mongo_client, location: Location) -> Iterator[Location]:
+    """The new server's database, beside the old one in `location`."""
+    new = Location(db=location.db + "_new")
+    yield new
+    mongo_client.drop_database(new.db)
+
+
+@pytest.fixture
+def target_args(mongo_uri: str, target: Location) -> list[str]:
+    return ["--uri", mongo_uri, "--db", target.db, "--timeout", "5"]
+
+
+def write(path: Path, document: dict) -> str:
+    metrics_file.write_document(str(path), document)
+    return str(path)
+
+
+def import_(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return run_script("import_metrics.py", *args, **kwargs)
+
+
+def assert_succeeded(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """Assert the one-line refusal a user must see, and return it."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    for word in words:
+        assert word in result.stderr
+    return result.stderr
+
+
+def database_state(client, db: str) -> dict[str, list[bytes]]:
+    """Every document of every collection of a database, as raw BSON."""
+    database = client[db]
+    return {
+        name: sorted(bson.encode(doc) for doc in database[name].find())
+        for name in database.list_collection_names()
+    }
+
+
+def history(client, location: Location) -> list[dict]:
+    name = location.collection + HISTORY_COLLECTION_SUFFIX
+    return list(client[location.db][name].find().sort("time", 1))
+
+
+@pytest.mark.parametrize("stamp", ["date", "iso string"])
+def test_export_then_import_gives_back_the_identical_document(
+    stamp,
+    mongo_uri,
+    mongo_client,
+    location,
+    connection_args,
+    target,
+    target_args,
+    tmp_path: Path,
+) -> None:
+    old = rich_document()
+    if stamp == "iso string":
+        old["last_updated"] = "2024-05-06T07:08:09.123456+00:00"
+    store(mongo_uri, location, old)
+    old_stored = mongo_client[location.db]["metrics"].find_one()
+    backup = str(tmp_path / "old_server_metrics.json.gz")
+
+    exported = run_script("export_metrics.py", *connection_args, "-o", backup)
+    assert_succeeded(exported)
+    dry = import_(*target_args, "--input", backup, "--dry-run")
+    assert_succeeded(dry)
+    assert target.db not in mongo_client.list_database_names()
+    result = import_(*target_args, "--input", backup, "--backup-dir", str(tmp_path))
+    assert_succeeded(result)
+
+    new_stored = mongo_client[target.db]["metrics"].find_one()
+    assert_identical(new_stored, old_stored)
+    size = os.path.getsize(backup)
+    loading = (
+        f"[1/4] Loading metrics from {backup}...\n"
+        "   ✓ Loaded 10 metric entries\n"
+        f"   ✓ File size: {size:,} bytes ({size / 2**20:.2f} MB)\n"
+        "\n"
+        "[2/4] Loading current metrics from MongoDB...\n"
+        "   \u2139  No existing metrics in MongoDB (will create new)\n"
+        "\n"
+        "[3/4] Planning import operation...\n"
+        "   Mode: MERGE"
+    )
+    counts = "   Current metrics: 0\n   Imported metrics: 10\n   Final metrics: 10\n"
+    for output in (dry.stdout, result.stdout):
+        assert output.startswith(f"TAO Telemetry: Import Metrics to MongoDB\n{RULE}\n")
+        assert loading in output and counts in output
+    assert (
+        "[4/4] DRY RUN - Previewing...\n\n"
+        f"DRY RUN MODE - No changes made to MongoDB\n{RULE}\n\n"
+        "What will happen:\n"
+        "  ✓ 10 total metrics after merge\n"
+        "  ✓ 10 new metrics will be added\n"
+        "  ✓ 0 existing metrics will be updated\n"
+    ) in dry.stdout
+    assert (
+        f"To execute this import, run:\n  python import_metrics.py --input {backup}\n"
+    ) in dry.stdout
+    assert f"✅ Import Successful!\n{RULE}\n\n" in result.stdout
+    assert result.stdout.endswith(
+        "Merged metrics:\n  Previous: 0\n  Imported: 10\n  Final: 10\n"
+    )
+    # Nothing was there before, so there was nothing to back up.
+    assert sorted(p.name for p in tmp_path.iterdir() if "pre_import" in p.name) == []
+
+
+def test_dry_run_writes_nothing(
+    mongo_uri, mongo_client, target, target_args, tmp_path: Path
+) -> None:
+    store(mongo_uri, target, {"a_total": 1, "b_total": 2, "last_updated": EARLY})
+    before = database_state(mongo_client, target.db)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    changes = {"b_total": 3, "c_total": 4, "d.total": 5, "last_updated": EARLY}
+    backup = write(tmp_path / "new.json", changes)
+
+    result = import_(
+        *target_args, "-i", backup, "--dry-run", "--backup-dir", str(backups)
+    )
+
+    assert_succeeded(result)
+    assert database_state(mongo_client, target.db) == before
+    assert list(backups.iterdir()) == []
+    assert "   ✓ Found 2 existing metrics\n" in result.stdout
+    assert (
+        "What will happen:\n"
+        "  ✓ 4 total metrics after merge\n"
+        "  ✓ 2 new metrics will be added\n"
+        "  ✓ 1 existing metrics will be updated\n"
+    ) in result.stdout
+    assert result.stdout.rstrip().endswith(
+        f"To execute this import, run:\n  python import_metrics.py --input {backup}"
+    )
+
+
+def test_lowering_a_counter_is_shown_then_refused_unless_allowed(
+    mongo_uri, mongo_client, target, target_args, tmp_path: Path
+) -> None:
+    store(mongo_uri, target, {"a_total": 10, "b_total": Int64(5)})
+    before = database_state(mongo_client, target.db)
+    backup = write(tmp_path / "old.json", {"a_total": 7, "b_total": 6, "c_total": 1})
+
+    dry = import_(*target_args, "-i", backup, "--dry-run", "--json")
+    refused = import_(*target_args, "-i", backup, "--no-backup")
+    assert database_state(mongo_client, target.db) == before
+    allowed = import_(*target_args, "-i", backup, "--no-backup", "--allow-decrease")
+
+    # The dry run fails as the real run would, after showing its plan.
+    assert dry.returncode == 1
+    plan = json.loads(dry.stdout)
+    assert plan["decreases"] == [{"key": "a_total", "current": 10, "new": 7}]
+    assert plan["dry_run"] is True and plan["final"] == 3
+    assert "1 counters would go down" in dry.stderr
+    assert "   ⚠  1 counters would go down (current -> new):\n" in refused.stdout
+    assert "      a_total: 10 -> 7\n" in refused.stdout
+    assert_refused(refused, "a_total (10 -> 7)", "--allow-decrease")
+    assert_succeeded(allowed)
+    document = without_id(mongo_client[target.db]["metrics"].find_one())
+    assert document == {"name": "metrics", "a_total": 7, "b_total": 6, "c_total": 1}
+
+
+def test_sum_adds_counts_once_and_records_each_import(
+    mongo_uri, mongo_client, target, target_args, tmp_path: Path
+) -> None:
+    late = "2024-06-01T00:00:00Z"
+    store(
+        mongo_uri,
+        target,
+        {"a_total": 1, "time_lapsed_today": 30, "last_updated": EARLY},
+    )
+    backup = write(
+        tmp_path / "old.json",
+        {"a_total": 2, "c_total": 3, "time_lapsed_today": 99, "last_updated": late},
+    )
+    digest = hashlib.sha256(Path(backup).read_bytes()).hexdigest()
+    arguments = [*target_args, "-i", backup, "--strategy", "sum", "--no-backup"]
+
+    first = import_(*arguments)
+    again = import_(*arguments)
+    forced = import_(*arguments, "--force")
+
+    assert_succeeded(first)
+    assert_refused(again, "already imported", "--force")
+    assert_succeeded(forced)
+    document = without_id(mongo_client[target.db]["metrics"].find_one())
+    assert document == {
+        "name": "metrics",
+        "a_total": 5,
+        "time_lapsed_today": 30,
+        "last_updated": late,
+        "c_total": 6,
+    }
+    entries = history(mongo_client, target)
+    assert len(entries) == 2
+    assert [entry["sha256"] for entry in entries] == [digest, digest]
+    assert entries[0]["mode"] == "merge" and entries[0]["strategy"] == "sum"
+    assert entries[0]["counts"]["added"] == 1 and entries[0]["counts"]["final"] == 3
+    assert isinstance(entries[0]["time"], datetime.datetime)
+    assert sorted(tmp_path.iterdir()) == [Path(backup), Path(backup + ".sha256")]
+
+
+def test_missing_adds_only_absent_keys_and_prints_json(
+    mongo_uri, mongo_client, target, target_args, tmp_path: Path
+) -> None:
+    store(mongo_uri, target, {"a_total": 1})
+    backup = write(tmp_path / "old.json", {"a_total": 50, "b_total": 2})
+
+    result = import_(
+        *target_args, "-i", backup, "--strategy", "missing", "--json", "--no-backup"
+    )
+
+    assert_succeeded(result)
+    summary = json.loads(result.stdout)
+    assert summary["strategy"] == "missing" and summary["backup"] is None
+    assert (summary["added"], summary["final"]) == (1, 2)
+    document = without_id(mongo_client[target.db]["metrics"].find_one())
+    assert document == {"name": "metrics", "a_total": 1, "b_total": 2}
+
+
+def run_on_terminal(args: list[str], answer: str) -> subprocess.CompletedProcess:
+    """Run the import with a pseudo-terminal as stdin and type an answer."""
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "import_metrics.py"), *args],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(terminal)
+        os.write(controller, answer.encode() + b"\n")
+        out, err = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def test_replace_asks_for_yes_on_a_terminal_and_keeps_name_and_id(
+    mongo_uri, mongo_client, target, target_args, tmp_path: Path
+) -> None:
+    store(mongo_uri, target, {"a_total": 1, "b_total": 2})
+    collection = mongo_client[target.db]["metrics"]
+    original = collection.find_one()
+    file_document = {"_id": bson.ObjectId(), "name": "old", "c_total": Int64(3)}
+    backup = write(tmp_path / "old.json", file_document)
+    arguments = [*target_args, "-i", backup, "--replace", "--no-backup"]
+
+    without_terminal = import_(*arguments)
+    declined = run_on_terminal(arguments, "no")
+    assert collection.find_one() == original
+    confirmed = run_on_terminal(arguments, "YES")
+
+    assert_refused(without_terminal, "--yes")
+    assert_refused(declined, "cancelled")
+    assert "Type YES to continue" in declined.stdout
+    assert_succeeded(confirmed)
+    assert "Replaced metrics:\n  Previous: 2\n  Imported: 1\n  Final: 1" in (
+        confirmed.stdout
+    )
+    after = collection.find_one()
+    assert after == {"_id": original["_id"], "name": "metrics", "c_total": 3}
+    assert type(after["c_total"]) is Int64
+
+
+def test_backup_before_writing_rolls_the_import_back(
+    mongo_uri, mongo_client, target, target_args, tmp_path: Path
+) -> None:
+    store(mongo_uri, target, rich_document())
+    collection = mongo_client[target.db]["metrics"]
+    before = collection.find_one()
+    changes = {"total_action_train_pass": 1, "new_total": 2, "x.y$z": 3.5}
+    incoming = write(tmp_path / "incoming.json", changes)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+
+    merged = import_(
+        *target_args, "-i", incoming, "--allow-decrease", "--backup-dir", str(backups)
+    )
+    assert_succeeded(merged)
+    assert collection.find_one()["x.y$z"] == 3.5
+    saved = re.search(r"Backup of the previous document: (\S+)", merged.stdout)
+    assert saved, merged.stdout
+    backup = saved.group(1)
+    assert Path(backup).parent == backups
+    assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600
+    assert f"--input {backup} --replace" in merged.stdout
+    assert_identical(metrics_file.read_document(backup).document, before)
+
+    rollback = import_(*target_args, "-i", backup, "--replace", "--yes")
+
+    assert_succeeded(rollback)
+    assert_identical(collection.find_one(), before)
+    assert [entry["mode"] for entry in history(mongo_client, target)] == [
+        "merge",
+        "replace",
+    ]
+
+
+def test_reads_shell_output_from_stdin(mongo_client, target, target_args) -> None:
+    shell_output = (
+        "MongoDB shell version v4.4.29\n"
+        "connecting to: mongodb://127.0.0.1:27017/tao\n"
+        "MongoDB server version: 4.4.29\n"
+        '{\n\t"_id" : ObjectId("65a1b2c3d4e5f60718293a4b"),\n'
+        '\t"name" : "metrics",\n'
+        '\t"total_action_train_pass" : NumberLong("12"),\n'
+        '\t"total_action_train_fail" : NumberInt(2),\n'
+        '\t"last_updated" : ISODate("2024-03-04T05:06:07.890Z")\n}\n'
+    )
+
+    result = import_(*target_args, "--input", "-", input=shell_output)
+
+    assert_succeeded(result)
+    document = mongo_client[target.db]["metrics"].find_one()
+    assert without_id(document) == {
+        "name": "metrics",
+        "total_action_train_pass": 12,
+        "total_action_train_fail": 2,
+        "last_updated": datetime.datetime(2024, 3, 4, 5, 6, 7, 890000),
+    }
+    assert type(document["total_action_train_pass"]) is Int64
+    assert document["_id"] != bson.ObjectId("65a1b2c3d4e5f60718293a4b")
+
+
+def test_changed_file_stops_before_the_database(
+    mongo_client, target, target_args, tmp_path: Path
+) -> None:
+    backup = write(tmp_path / "old.json", {"a_total": 1})
+    Path(backup).write_text('{"a_total": 1000}\n')
+
+    result = import_(*target_args, "-i", backup)
+
+    assert_refused(result, "checksum mismatch", backup)
+    assert target.db not in mongo_client.list_database_names()
+
+
+def test_document_over_the_size_limit_is_refused_before_sending(
+    mongo_uri, mongo_client, target, target_args, tmp_path: Path
+) -> None:
+    store(mongo_uri, target, {"a_total": 1})
+    before = database_state(mongo_client, target.db)
+    # About 17 MB of long keys, each a valid metric name.
+    huge = {f"total_{n:06d}_" + "k" * 2000: 1 for n in range(8600)}
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(huge))
+
+    result = import_(*target_args, "-i", str(path), "--no-backup")
+
+    assert_refused(result, "over MongoDB's 16,777,216-byte limit")
+    assert database_state(mongo_client, target.db) == before
+
+
+TRUNCATED = metrics_file.dumps_document(rich_document(), pretty=True)[:-40]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "does not exist"),
+        ("", "is empty"),
+        ('{"a_total": 1,, "b": 2}', "invalid JSON at line 1 column 15"),
+        (TRUNCATED, "the file looks truncated"),
+        ('[{"a_total": 1}]', "the top level is a list, not one document"),
+        ('{"a_total": 1}\n{"a_total": 2}\n', "holds 2 documents"),
+        ('{"a_total": 1, "a_total": 2}', "duplicate keys: 'a_total'"),
+        ('{"ok": 1, "a_total": "3"}', "'a_total': not a number (str '3')"),
+        ('{"a_total": false}', "'a_total': not a number (bool False)"),
+        ('{"a_total": null}', "'a_total': not a number (NoneType None)"),
+        ('{"a_total": {"$numberDouble": "NaN"}}', "'a_total': not finite (nan)"),
+        ('{"a_total": NaN}', "NaN is not valid JSON"),
+        ('{"": 1}', "'': empty key"),
+        ('{"a\\u0000": 1}', "'a\\x00': key holds a NUL character"),
+        ('{"tao_job_total{tao_action=train}": 1}', "broken labels"),
+        ('{"name": "metrics", "_id": 1}', "holds no metrics"),
+    ],
+)
+def test_bad_input_is_one_line_and_touches_nothing(
+    content, problem, mongo_client, target, target_args, tmp_path: Path, capsys
+) -> None:
+    import import_metrics
+
+    path = tmp_path / "bad.json"
+    if content is not None:
+        path.write_text(content)
+
+    status = import_metrics.main([*target_args, "-i", str(path)])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert problem in err
+    assert target.db not in mongo_client.list_database_names()
+
+
+# Increments the given keys one by one until the stop file appears, then
+# prints how many increments of each key the server acknowledged.
+WRITER = """
+import json, os, sys, pymongo
+uri, db, stop, *keys = sys.argv[1:]
+metrics = pymongo.MongoClient(uri)[db]["metrics"]
+done = dict.fromkeys(keys, 0)
+print("ready", flush=True)
+while not os.path.exists(stop):
+    for key in keys:
+        if metrics.update_one({"name": "metrics"}, {"$inc": {key: 1}}).modified_count:
+            done[key] += 1
+print(json.dumps(done))
+"""
+
+
+def run_beside_writer(
+    mongo_uri: str, target: Location, keys: list[str], args: list[str], stop: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    """Run an import while another process keeps incrementing keys."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, mongo_uri, target.db, str(stop), *keys],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "ready\n"
+        result = import_(*args)
+    finally:
+        stop.touch()
+        out, _ = writer.communicate(timeout=60)
+    stop.unlink()
+    return result, json.loads(out)
+
+
+def test_merge_loses_no_increment_made_meanwhile(
+    mongo_uri, mongo_client, target, target_args, tmp_path: Path
+) -> None:
+    current = {f"total_action_job{n}_pass": n for n in range(20000)}
+    current["total_action_live_pass"] = 0
+    store(mongo_uri, target, current)
+    imported = {f"total_action_job{n}_pass": 2 * n for n in range(20000)}
+    backup = write(tmp_path / "old.json", imported)
+    stop = tmp_path / "stop"
+    shared = ["total_action_job5_pass", "total_action_job19999_pass"]
+    live = "total_action_live_pass"
+
+    merged, first = run_beside_writer(
+        mongo_uri, target, [live], [*target_args, "-i", backup, "--no-backup"], stop
+    )
+    summed, second = run_beside_writer(
+        mongo_uri,
+        target,
+        [live, *shared],
+        [*target_args, "-i", backup, "--strategy", "sum", "--force", "--no-backup"],
+        stop,
+    )
+
+    assert_succeeded(merged)
+    assert_succeeded(summed)
+    assert first[live] > 0 and second[live] > 0
+    after = mongo_client[target.db]["metrics"].find_one()
+    assert after[live] == first[live] + second[live]
+    for key in shared:
+        assert after[key] == 2 * imported[key] + second[key]
+    unshared = [key for key in imported if key not in shared]
+    assert all(after[key] == 2 * imported[key] for key in unshared)
