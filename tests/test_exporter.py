@@ -410,10 +410,17 @@ def test_last_updated_is_read_in_both_stored_forms() -> None:
 class Exporter:
     """tao-metrics-exporter run as a subprocess, as an operator runs it."""
 
-    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.args = ["--listen-address", "127.0.0.1", "--port", str(self.port)]
-        self.args += list(args)
+    def __init__(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        """Listen on a free local port, or on port when args already name it."""
+        self.port = port or free_port()
+        self.args = list(args)
+        if port is None:
+            self.args += ["--listen-address", "127.0.0.1", "--port", str(self.port)]
         self.env = {**os.environ, **(env or {})}
         self.scheme = "http"
         self.context: ssl.SSLContext | None = None
