@@ -41,8 +41,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("MongoDB connection")
     group.add_argument(
         "--uri",
-        help="connection string (env MONGODB_URI; inside a TAO pod it is built "
-        f"from MONGOSECRET and NAMESPACE; default {mongo_store.DEFAULT_URI})",
+        help="connection string (env MONGODB_URI; without it, when MONGOSECRET is "
+        "set, the TAO pod's URI is built from MONGOSECRET, NAMESPACE, HOST_PLATFORM "
+        f"and MONGO_OPERATOR_ENABLED; default {mongo_store.DEFAULT_URI})",
     )
     group.add_argument(
         "--db",

@@ -1,0 +1,160 @@
+"""Choosing the server, keeping its password secret, and documenting each option."""
+
+from __future__ import annotations
+
+import ast
+import re
+import urllib.parse
+
+import pytest
+from pymongo import uri_parser
+
+import mongo_store
+from mongo_store import redact_uri, resolve_uri, tao_pod_uri
+from tests.conftest import run_script
+from tests.servers import REPO, free_port
+
+SCRIPTS = ("export_metrics.py", "import_metrics.py", "convert_to_labeled.py")
+PASSWORD = "S3cr:t/p@ss"
+
+
+def test_explicit_uri_wins_then_environment_then_pod_then_local() -> None:
+    env = {"MONGODB_URI": "mongodb://env:1", "MONGOSECRET": "pw"}
+    assert resolve_uri("mongodb://arg:1", env) == "mongodb://arg:1"
+    assert resolve_uri(None, env) == "mongodb://env:1"
+    assert resolve_uri("", {"MONGOSECRET": "pw"}) == tao_pod_uri({"MONGOSECRET": "pw"})
+    assert resolve_uri(None, {"MONGODB_URI": ""}) == "mongodb://localhost:27017"
+    assert resolve_uri(None, {}) == mongo_store.DEFAULT_URI
+
+
+def test_local_docker_pod_uri() -> None:
+    uri = tao_pod_uri({"MONGOSECRET": PASSWORD, "HOST_PLATFORM": "local-docker"})
+    parsed = uri_parser.parse_uri(uri)
+    assert parsed["username"] == "default-user"
+    assert parsed["password"] == PASSWORD
+    assert parsed["nodelist"] == [("mongodb", 27017)]
+    assert parsed["options"]["authSource"] == "admin"
+    assert "replicaSet" not in parsed["options"]
+
+
+def test_cluster_pod_uri() -> None:
+    env = {"MONGOSECRET": PASSWORD, "NAMESPACE": "tao-gpu"}
+    parsed = uri_parser.parse_uri(tao_pod_uri(env))
+    assert parsed["username"] == "default-user"
+    assert parsed["password"] == PASSWORD
+    assert parsed["nodelist"] == [("mongodb-svc.tao-gpu.svc.cluster.local", 27017)]
+    assert parsed["options"]["authSource"] == "admin"
+    assert parsed["options"]["replicaSet"] == "mongodb"
+
+
+def test_operator_pod_uri_uses_srv() -> None:
+    env = {
+        "MONGOSECRET": PASSWORD,
+        "NAMESPACE": "tao",
+        "MONGO_OPERATOR_ENABLED": "true",
+    }
+    # Parsing a mongodb+srv URI would look the host up in DNS; split it instead.
+    parts = urllib.parse.urlsplit(tao_pod_uri(env))
+    assert parts.scheme == "mongodb+srv"
+    assert parts.hostname == "mongodb-svc.tao.svc.cluster.local"
+    assert parts.port is None
+    assert urllib.parse.unquote_plus(parts.password or "") == PASSWORD
+    options = urllib.parse.parse_qs(parts.query)
+    assert options["authSource"] == ["admin"]
+    assert options["replicaSet"] == ["mongodb"]
+
+
+def test_redact_hides_the_password_only() -> None:
+    uri = "mongodb://user:hunter2@db.example:27017/?authSource=admin"
+    assert redact_uri(uri) == "mongodb://user:***@db.example:27017/?authSource=admin"
+    assert redact_uri("mongodb://db.example") == "mongodb://db.example"
+
+
+@pytest.mark.parametrize(
+    ("script", "how"),
+    [
+        ("export_metrics.py", "--uri"),
+        ("import_metrics.py", "MONGODB_URI"),
+        ("convert_to_labeled.py", "MONGOSECRET"),
+    ],
+)
+def test_unreachable_server_fails_in_one_line_without_the_password(
+    script: str, how: str, tmp_path
+) -> None:
+    closed = free_port()
+    quoted = urllib.parse.quote_plus(PASSWORD)
+    uri = f"mongodb://admin:{quoted}@127.0.0.1:{closed}/?authSource=admin"
+    args = ["--timeout", "1"]
+    env: dict[str, str] = {}
+    if how == "--uri":
+        args += ["--uri", uri, "-o", str(tmp_path / "out.json")]
+    elif how == "MONGODB_URI":
+        env["MONGODB_URI"] = uri
+        backup = tmp_path / "in.json"
+        backup.write_text('{"total_action_train_pass": 1}')
+        args += ["-i", str(backup)]
+    else:
+        # The pod's host name does not resolve here, as no server answers.
+        env |= {"MONGOSECRET": PASSWORD, "NAMESPACE": "nowhere"}
+
+    result = run_script(script, *args, env=env, timeout=30)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "cannot reach MongoDB" in result.stderr or "invalid connection" in (
+        result.stderr
+    )
+    for secret in (PASSWORD, quoted, "S3cr"):
+        assert secret not in result.stdout + result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def local_imports(path) -> set[str]:
+    """Return the repository modules a file imports, followed transitively."""
+    found: set[str] = set()
+    pending = [path]
+    while pending:
+        tree = ast.parse(pending.pop().read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                module = REPO / f"{name}.py"
+                if module.exists() and name not in found:
+                    found.add(name)
+                    pending.append(module)
+    return found
+
+
+ENV_READ = re.compile(
+    r"""(?:env_default\(|environ\.get\(|env\.get\(|environ\[|env\[)\s*['"]([A-Z][A-Z0-9_]+)['"]"""
+)
+
+
+def environment_variables(script: str) -> set[str]:
+    """Return every environment variable the script or its modules read."""
+    paths = [REPO / script, *(REPO / f"{m}.py" for m in local_imports(REPO / script))]
+    return {name for path in paths for name in ENV_READ.findall(path.read_text())}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_names_every_environment_variable_read(script: str) -> None:
+    variables = environment_variables(script)
+    assert {"MONGODB_URI", "MONGOSECRET", "NAMESPACE", "MONGODB_DB"} <= variables
+
+    result = run_script(script, "--help", env={"COLUMNS": "200"})
+
+    assert result.returncode == 0
+    missing = [name for name in sorted(variables) if name not in result.stdout]
+    assert missing == []
+    for option in ("--uri", "--db", "--collection", "--document-name", "--timeout"):
+        assert option in result.stdout
+
+
+def test_version_is_printed() -> None:
+    result = run_script("import_metrics.py", "--version")
+    assert result.returncode == 0
+    assert re.fullmatch(r"import_metrics\.py \d+\.\d+\.\d+\n", result.stdout)
