@@ -354,21 +354,48 @@ def record_pipeline(
 
 
 def record_jobs(
-    store: MetricsStore, jobs: Iterable[Job], now: datetime | None = None
+    store: MetricsStore,
+    jobs: Iterable[Job],
+    now: datetime | None = None,
+    max_keys: int | None = None,
 ) -> dict[str, Any]:
-    """Record jobs finished at now in one atomic update; return the document after.
+    """Record jobs finished at now; return the document after.
 
-    The result equals recording them one after another with the same now.
+    Jobs go in as few updates as keep each one under MongoDB's command size
+    limit: one update per max_keys (default MAX_KEYS_PER_UPDATE) distinct keys,
+    each atomic.
+    The result equals recording the jobs one after another with the same now.
     """
-    jobs = list(jobs)
     now = now or utc_now()
-    increments = counter_increments(jobs)
-    time_lapsed = sum(job.time_lapsed for job in jobs)
-    pipeline = record_pipeline(increments, time_lapsed, now)
-    action = f"recording {len(jobs)} job(s) in {store.location.describe()}"
-    after = store.apply(pipeline, action)
-    log.info("recorded jobs=%d keys=%d", len(jobs), len(increments))
+    after: dict[str, Any] = {}
+    for chunk in _chunks(jobs, max_keys or MAX_KEYS_PER_UPDATE):
+        increments = counter_increments(chunk)
+        time_lapsed = sum(job.time_lapsed for job in chunk)
+        pipeline = record_pipeline(increments, time_lapsed, now)
+        action = f"recording {len(chunk)} job(s) in {store.location.describe()}"
+        after = store.apply(pipeline, action)
+        log.info("recorded jobs=%d keys=%d", len(chunk), len(increments))
     return after
+
+
+# A key costs a few hundred bytes in the update command; 4000 keep it near
+# 3 MB, far from the 16 MB a command may take.
+MAX_KEYS_PER_UPDATE = 4000
+
+
+def _chunks(jobs: Iterable[Job], max_keys: int) -> Iterator[list[Job]]:
+    """Split jobs into runs whose increments touch at most max_keys keys."""
+    chunk: list[Job] = []
+    keys: set[str] = set()
+    for job in jobs:
+        new = {key for builder in BUILDERS for key, _ in builder.increments(job)}
+        if chunk and len(keys) + len(new - keys) > max_keys:
+            yield chunk
+            chunk, keys = [], set()
+        chunk.append(job)
+        keys |= new
+    # Even no jobs make one update: it still stamps last_updated.
+    yield chunk
 
 
 def record_job(

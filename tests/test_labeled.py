@@ -392,6 +392,12 @@ def test_many_jobs_in_one_update_equal_one_by_one(mongo_uri, mongo_client) -> No
     assert documents[0] == expected
 
 
+def test_large_batches_are_split_and_still_add_up(store: MetricsStore) -> None:
+    jobs = list(sample_jobs(80, seed=2))
+    record_jobs(store, jobs, NOW, max_keys=40)
+    assert stored(store) == apply_locally({"name": "metrics"}, jobs, NOW)
+
+
 def _record_in_a_process(uri: str, db: str, jobs: list[Job], start) -> None:
     start.wait(30)
     with MetricsStore(uri, Location(db=db)) as store:
