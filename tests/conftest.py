@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,8 @@ def run_script(
         text=True,
         env=full_env,
         input=input,
-        cwd=cwd,
+        # Default backups and exports land in /tmp, never in the checkout.
+        cwd=cwd or tempfile.gettempdir(),
         timeout=timeout,
     )
 
