@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import bson
+import bson.errors
 
 import import_plan
 import metric_keys
@@ -58,7 +59,7 @@ def _plain(total: Decimal) -> int | float:
 
 def analyze(document: Mapping[str, Any]) -> Analysis:
     """Count each family, add up its values and list keys that need a look."""
-    result = Analysis(size_bytes=len(bson.encode(dict(document))))
+    result = Analysis(size_bytes=stored_size(document))
     for key, value in document.items():
         family = metric_keys.classify(key)
         result.counts[family] += 1
@@ -80,6 +81,18 @@ def analyze(document: Mapping[str, Any]) -> Analysis:
     if stamp is not None and not import_plan.last_updated_problem(stamp):
         result.last_updated = import_plan.parse_time(stamp).isoformat()
     return result
+
+
+def stored_size(document: Mapping[str, Any]) -> int:
+    """Return the document's BSON size, or raise InvalidInput if it cannot be."""
+    try:
+        return len(bson.encode(dict(document)))
+    except (bson.errors.InvalidDocument, UnicodeEncodeError, OverflowError) as exc:
+        detail = str(exc).splitlines()[0]
+        raise import_plan.InvalidInput(
+            f"the document cannot be stored in MongoDB ({detail}); list its bad "
+            "entries with: python import_metrics.py --input FILE --dry-run"
+        ) from None
 
 
 def _check_labeled(key: str, result: Analysis) -> None:
