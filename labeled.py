@@ -440,12 +440,31 @@ def apply_locally(
 # Command line
 
 
+ENVIRONMENT_HELP = """\
+environment variables (an option given on the command line wins):
+  MONGODB_URI            connection string (inside a TAO pod, built from
+                         MONGOSECRET and NAMESPACE when unset)
+  MONGODB_DB             database (default metrics)
+  MONGODB_COLLECTION     collection (default metrics)
+  MONGODB_DOCUMENT_NAME  the metrics document's name field (default metrics)
+  MONGODB_TIMEOUT        seconds to wait for the server (default 5)
+  LOG_LEVEL              diagnostics on stderr (default warning)
+
+examples:
+  labeled.py record --network resnet50 --action train --version 5.3.0 \\
+      --gpu "NVIDIA A100" --gpu "NVIDIA A100" --time-lapsed 3600 --success --dry-run
+  labeled.py sample --jobs 500 --seed 7
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labeled.py",
         description="Record a TAO job's metrics (labeled, legacy, comprehensive and "
         "time) in the metrics document in one atomic update, or show them with "
         "--dry-run.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cli_support.add_version(parser)
     parser.add_argument(

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+import cli_support
+import labeled
 from labeled import (
     ARCHITECTURES,
     GPU_GENERATIONS,
@@ -523,11 +525,12 @@ def test_cli_json_output(connection_args, store: MetricsStore) -> None:
         (["--network", ""], "error: job network must be a non-empty string"),
     ],
 )
-def test_cli_bad_input_is_one_line_and_status_1(args, message) -> None:
-    result = run_script("labeled.py", *RECORD, *args, "--success", "--dry-run")
-    assert result.returncode == 1
-    assert result.stderr.splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith(message)
+def test_cli_bad_input_is_one_line_and_status_1(args, message, capsys) -> None:
+    status = cli_support.run(labeled.main, [*RECORD, *args, "--success", "--dry-run"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.splitlines() == [err.strip()]
+    assert err.startswith(message)
 
 
 def test_cli_unreachable_server_is_one_line() -> None:
@@ -546,7 +549,8 @@ def test_cli_help_and_version() -> None:
     for name in ("MONGODB_URI", "MONGODB_DB", "MONGODB_TIMEOUT", "--dry-run"):
         assert name in helped.stdout
     top = run_script("labeled.py", "--help")
-    assert "LOG_LEVEL" in top.stdout
+    for name in ("LOG_LEVEL", "MONGODB_URI", "MONGODB_DOCUMENT_NAME", "sample"):
+        assert name in top.stdout
     version = run_script("labeled.py", "--version")
     assert version.returncode == 0
     assert version.stdout.startswith("labeled.py ")
@@ -571,7 +575,7 @@ def test_cli_sample_records_the_seeded_jobs(
     assert document == expected
 
 
-def test_cli_sample_refuses_zero_jobs() -> None:
-    result = run_script("labeled.py", "sample", "--jobs", "0", "--dry-run")
-    assert result.returncode == 1
-    assert result.stderr == "error: --jobs: must be at least 1: '0'\n"
+def test_cli_sample_refuses_zero_jobs(capsys) -> None:
+    status = cli_support.run(labeled.main, ["sample", "--jobs", "0", "--dry-run"])
+    assert status == 1
+    assert capsys.readouterr().err == "error: --jobs: must be at least 1: '0'\n"
