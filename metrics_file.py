@@ -33,6 +33,8 @@ from bson.int64 import Int64
 STDIO = "-"
 _RELAXED = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED, tz_aware=False)
 GZIP_MAGIC = b"\x1f\x8b"
+# Extended JSON's spelling of the doubles plain JSON cannot hold.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 class FileError(Exception):
@@ -62,7 +64,7 @@ def _exact(value: Any) -> Any:
     if isinstance(value, Int64):
         return {"$numberLong": str(int(value))}
     if isinstance(value, float) and not math.isfinite(value):
-        return {"$numberDouble": str(value).replace("inf", "Infinity").title()}
+        return {"$numberDouble": _NON_FINITE[str(value)]}
     if isinstance(value, dict):
         return {key: _exact(item) for key, item in value.items()}
     if isinstance(value, list):

@@ -75,6 +75,24 @@ def test_ordinary_values_are_plain_json() -> None:
     assert "$numberInt" not in text and "$numberDouble" not in text
 
 
+def test_non_finite_doubles_use_extended_json_names() -> None:
+    document = {"a": float("nan"), "b": float("inf"), "c": float("-inf")}
+    text = dumps_document(document)
+    assert json.loads(text) == {
+        "a": {"$numberDouble": "NaN"},
+        "b": {"$numberDouble": "Infinity"},
+        "c": {"$numberDouble": "-Infinity"},
+    }
+    parsed, _ = parse_text(text)
+    assert bson.encode(parsed) == bson.encode(document)
+
+
+def test_folder_that_cannot_be_written_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(FileError, match="cannot write in"):
+        metrics_file.write_document(str(tmp_path / "no" / "backup.json"), {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_integral_double_stays_a_double() -> None:
     parsed, _ = parse_text(dumps_document({"a": 5.0, "b": 5}))
     assert type(parsed["a"]) is float and type(parsed["b"]) is int
