@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
+import importlib
 import re
 import urllib.parse
 
@@ -160,3 +162,13 @@ def test_version_is_printed() -> None:
     result = run_script("import_metrics.py", "--version")
     assert result.returncode == 0
     assert re.fullmatch(r"import_metrics\.py \d+\.\d+\.\d+\n", result.stdout)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_states_every_default(script: str) -> None:
+    module = importlib.import_module(script.removesuffix(".py"))
+    parser = module.build_parser()
+    for action in parser._actions:
+        if action.default in (None, False, argparse.SUPPRESS) or not action.help:
+            continue
+        assert "default" in action.help, action.option_strings
