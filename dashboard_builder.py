@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from grafana_foundation_sdk.builders import bargauge, piechart, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as common_builders
@@ -26,6 +26,7 @@ from grafana_foundation_sdk.models.piechart import PieChartLegendValues
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 SCHEMA_VERSION = 41
+Kind = Literal["stat", "bars", "pie", "timeseries", "table"]
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 JOBS = "tao_job_total"
@@ -119,7 +120,7 @@ class Query:
 class Panel:
     """What a panel shows; the builder functions below turn it into JSON."""
 
-    kind: str
+    kind: Kind
     title: str
     description: str
     queries: tuple[Query, ...]
@@ -130,7 +131,7 @@ class Panel:
 
 
 def panel(
-    kind: str,
+    kind: Kind,
     title: str,
     description: str,
     *queries: Query,
@@ -139,10 +140,12 @@ def panel(
     unit: str = "short",
     decimals: int | None = None,
 ) -> Panel:
+    """Describe a panel; queries become targets A, B, ... in order."""
     return Panel(kind, title, description, queries, width, height, unit, decimals)
 
 
 def instant(expr: str, legend: str = "") -> Query:
+    """Describe a query evaluated once, at the end of the time range."""
     return Query(expr, legend, instant=True)
 
 
@@ -184,13 +187,18 @@ def _timeseries() -> timeseries.Panel:
 
 
 def _table() -> table.Panel:
-    hide_time = models.DataTransformerConfig(
-        id_val="organize", options={"excludeByName": {"Time": True}}
+    # Every table counts jobs: hide the evaluation time, name the value column.
+    organize = models.DataTransformerConfig(
+        id_val="organize",
+        options={
+            "excludeByName": {"Time": True},
+            "renameByName": {"Value": "Jobs"},
+        },
     )
-    return table.Panel().with_transformation(hide_time)
+    return table.Panel().with_transformation(organize)
 
 
-KINDS: dict[str, Callable[[], Any]] = {
+KINDS: dict[Kind, Callable[[], Any]] = {
     "stat": _stat,
     "bars": _bars,
     "pie": _pie,
