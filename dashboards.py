@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import cli_support
+from cli_support import UsageError
 from dashboard_builder import (
     COMPREHENSIVE,
     FAILED,
@@ -648,8 +650,11 @@ def rendered() -> dict[str, str]:
     return {spec.file_name: spec.render() for spec in (make() for make in DASHBOARDS)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dashboards.py",
+        description="Write the Grafana dashboards in grafana_dashboards/ from code.",
+    )
     parser.add_argument(
         "--output-dir",
         type=Path,
@@ -661,7 +666,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write nothing; exit 1 when a file differs from the generated one",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Write the dashboards that changed, or with --check report them."""
     stale = []
     for name, text in rendered().items():
         path = args.output_dir / name
@@ -673,13 +682,14 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write(str(path), text.encode(), overwrite=True)
             print(f"wrote {path}")
     if args.check and stale:
-        print(
-            f"error: {len(stale)} dashboard files are out of date, first:"
-            f" {stale[0]}; run python dashboards.py",
-            file=sys.stderr,
+        raise UsageError(
+            f"out of date: {', '.join(stale)}; run python dashboards.py to rewrite"
         )
-        return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_support.run(generate, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

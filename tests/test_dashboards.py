@@ -144,17 +144,25 @@ def test_committed_files_are_the_generators_output() -> None:
         )
 
 
-def test_check_mode_reports_a_stale_file(tmp_path: Path) -> None:
+def test_check_mode_reports_a_stale_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name, text in dashboards.rendered().items():
         (tmp_path / name).write_text(text)
     assert dashboards.main(["--output-dir", str(tmp_path), "--check"]) == 0
 
     stale = tmp_path / "tao_gpu_utilization.json"
     stale.write_text(stale.read_text().replace("GPU", "gpu"))
+    capsys.readouterr()
 
     assert dashboards.main(["--output-dir", str(tmp_path), "--check"]) == 1
+    assert capsys.readouterr().err == (
+        "error: out of date: tao_gpu_utilization.json;"
+        " run python dashboards.py to rewrite\n"
+    )
     assert dashboards.main(["--output-dir", str(tmp_path)]) == 0
     assert stale.read_text() == dashboards.rendered()[stale.name]
+    assert capsys.readouterr().out == f"wrote {stale}\n"
 
 
 def test_the_five_dashboards_exist() -> None:
