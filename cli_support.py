@@ -15,6 +15,7 @@ from metrics_file import FileError
 from mongo_store import Location, MetricsStore, StoreError
 
 __version__ = "1.0.0"
+log = logging.getLogger("cli_support")
 T = TypeVar("T")
 
 
@@ -84,6 +85,12 @@ def open_store(args: argparse.Namespace) -> MetricsStore:
     """Open the metrics document named by the connection options."""
     location = Location(args.db, args.collection, args.document_name)
     timeout = float(args.timeout)
+    if args.uri and mongo_store.uri_password(args.uri):
+        # Any local user can read a process's arguments, not its environment.
+        log.warning(
+            "the password in --uri is visible to other users in the process "
+            "list; pass the URI in MONGODB_URI instead"
+        )
     return MetricsStore(mongo_store.resolve_uri(args.uri), location, timeout)
 
 

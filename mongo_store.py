@@ -99,17 +99,23 @@ class MetricsStore:
         self.timeout = timeout
         self._secrets = [s for s in (uri_password(uri),) if s]
         with self.errors("connecting"):
-            self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-                uri,
-                serverSelectionTimeoutMS=int(timeout * 1000),
-                connectTimeoutMS=int(timeout * 1000),
-                socketTimeoutMS=int(max(timeout, 30) * 1000),
-                w="majority",
-                retryWrites=True,
-                retryReads=True,
-                appname="tao-telemetry-migration",
-                tz_aware=False,
-            )
+            try:
+                self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+                    uri,
+                    serverSelectionTimeoutMS=int(timeout * 1000),
+                    connectTimeoutMS=int(timeout * 1000),
+                    socketTimeoutMS=int(max(timeout, 30) * 1000),
+                    w="majority",
+                    retryWrites=True,
+                    retryReads=True,
+                    appname="tao-telemetry-migration",
+                    tz_aware=False,
+                )
+            except OSError as exc:
+                # A certificate or key file named in the URI cannot be read.
+                raise StoreError(
+                    f"connecting: invalid connection settings: {exc.strerror or exc}"
+                ) from None
         database = self.client[location.db]
         self.collection = database[location.collection]
         self.history = database[location.collection + HISTORY_COLLECTION_SUFFIX]
