@@ -31,7 +31,13 @@ from metric_keys import COMPREHENSIVE, LEGACY, classify, parse_key
 from mongo_store import Location, MetricsStore
 from sample_data import sample_jobs
 from snapshots import SELF_METRICS
-from tests.servers import REPO, PrometheusServer, free_port, wait_until
+from tests.servers import (
+    REPO,
+    PrometheusServer,
+    free_port,
+    require_binary,
+    wait_until,
+)
 
 DASHBOARD_DIR = REPO / "grafana_dashboards"
 RULE_FILES = (
@@ -334,6 +340,7 @@ def total(document: dict[str, Any], name: str) -> float:
 @pytest.fixture(scope="module")
 def stack(mongo_uri: str) -> Iterator[Stack]:
     """Record jobs, serve them, scrape them; record more so counters move."""
+    require_binary("prometheus")
     db = f"test_dashboards_{uuid.uuid4().hex[:8]}"
     folder = Path(tempfile.mkdtemp(prefix="dashboards-"))
     store = MetricsStore(mongo_uri, Location(db=db), 10)
