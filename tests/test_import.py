@@ -10,15 +10,21 @@ import re
 import stat
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import bson
 import pytest
+from bson.decimal128 import Decimal128
 from bson.int64 import Int64
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import import_plan
 import metrics_file
-from mongo_store import HISTORY_COLLECTION_SUFFIX, Location
+from metric_keys import BOOKKEEPING_KEYS, format_key
+from mongo_store import HISTORY_COLLECTION_SUFFIX, Location, MetricsStore
 from tests.conftest import run_script
 from tests.helpers import assert_identical, rich_document, store, without_id
 from tests.servers import REPO
@@ -505,3 +511,77 @@ def test_imports_lose_no_increment_made_meanwhile(
         if key not in shared:
             times = 2 if key in summed_keys else 1
             assert after[key] == times * imported[key], key
+
+
+@pytest.mark.parametrize("strategy", ["overwrite", "sum", "missing"])
+def test_planned_write_keeps_what_another_writer_changed_meanwhile(
+    strategy, mongo_uri, mongo_client, target
+) -> None:
+    store(mongo_uri, target, {"a_total": 1, "last_updated": EARLY})
+    with MetricsStore(mongo_uri, target) as metrics:
+        current = metrics.read()
+        imported = {"a_total": 5, "b_total": 2, "last_updated": "2024-02-01T00:00:00"}
+        plan = import_plan.plan_import(current, imported, "merge", strategy)
+        # Between the import's read and its write, the service records a job.
+        later = datetime.datetime(2024, 3, 1)
+        mongo_client[target.db]["metrics"].update_one(
+            {"name": "metrics"},
+            {"$inc": {"a_total": 10, "b_total": 1}, "$set": {"last_updated": later}},
+        )
+        after = metrics.apply(plan.pipeline, "test write")
+
+    assert after["last_updated"] == later
+    expected = {"overwrite": (5, 2), "sum": (16, 3), "missing": (11, 1)}[strategy]
+    assert (after["a_total"], after["b_total"]) == expected
+
+
+def importable(key: str) -> bool:
+    return key not in BOOKKEEPING_KEYS and import_plan.key_problem(key) is None
+
+
+label_values = st.text(alphabet=st.sampled_from('a.$_{}",=\\\n é'), max_size=8)
+metric_keys_drawn = st.one_of(
+    st.text(min_size=1, max_size=20).filter(importable),
+    st.dictionaries(st.sampled_from(["tao_action", "tao_gpu"]), label_values).map(
+        lambda labels: format_key("tao_job_total", labels)
+    ),
+)
+metric_values = st.one_of(
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**63), 2**63 - 1).map(Int64),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2).map(
+        lambda number: Decimal128(str(number))
+    ),
+)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    metrics=st.dictionaries(metric_keys_drawn, metric_values, min_size=1, max_size=12)
+)
+def test_any_document_survives_export_and_import(
+    metrics, mongo_uri, mongo_client, tmp_path_factory, capsys
+) -> None:
+    import export_metrics
+    import import_metrics
+
+    old, new = (Location(db=f"rt_{uuid.uuid4().hex[:10]}") for _ in range(2))
+    path = str(tmp_path_factory.mktemp("round_trip") / "backup.json")
+    try:
+        store(mongo_uri, old, metrics)
+        uri = ["--uri", mongo_uri, "--timeout", "5"]
+        assert export_metrics.main([*uri, "--db", old.db, "-o", path]) == 0
+        assert import_metrics.main([*uri, "--db", new.db, "-i", path]) == 0
+        assert_identical(
+            mongo_client[new.db]["metrics"].find_one(),
+            mongo_client[old.db]["metrics"].find_one(),
+        )
+    finally:
+        capsys.readouterr()
+        mongo_client.drop_database(old.db)
+        mongo_client.drop_database(new.db)
