@@ -534,8 +534,9 @@ def test_cli_bad_input_is_one_line_and_status_1(args, message, capsys) -> None:
 
 
 def test_cli_unreachable_server_is_one_line() -> None:
-    unreachable = ["--uri", "mongodb://user:s3cret@127.0.0.1:9", "--timeout", "0.5"]
-    result = run_script("labeled.py", *RECORD, "--success", *unreachable)
+    env = {"MONGODB_URI": "mongodb://user:s3cret@127.0.0.1:9"}
+    args = [*RECORD, "--success", "--timeout", "0.5"]
+    result = run_script("labeled.py", *args, env=env)
     assert result.returncode == 1
     assert result.stderr.startswith("error: ")
     assert "cannot reach MongoDB" in result.stderr

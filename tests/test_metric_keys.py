@@ -361,12 +361,20 @@ def test_any_builder_key_parses_back_or_is_called_ambiguous(
     job = _job(network, action, version, gpus, success)
     key = ComprehensiveMetricsBuilder().key(job)
     assert classify(key) == COMPREHENSIVE
+    truth = _expected(job)
     try:
         parsed = parse_comprehensive(key)
     except InvalidKey as exc:
-        assert "ambiguous" in str(exc)
+        message = str(exc)
+        assert "ambiguous" in message
+        gpus = ", ".join(f"{name} x{count}" for name, count in truth.gpus)
+        reading = (
+            f"network={truth.network} action={truth.action} version={truth.version} "
+            f"status={truth.status} gpus=[{gpus}]"
+        )
+        assert reading in message or message.endswith(" and more")
         return
-    assert parsed == _expected(job)
+    assert parsed == truth
 
 
 def test_fixed_words_early_in_a_key_do_not_confuse_the_parser() -> None:
