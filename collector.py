@@ -100,37 +100,69 @@ def format_value(value: Any) -> str | None:
     return None
 
 
-def counter_value_ok(text: str) -> bool:
-    """Tell whether a counter may hold this value: not negative, not NaN."""
-    if text == "NaN":
-        return False
-    return not text.startswith("-") or float(text) == 0
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What one stored key became: its sample line, or why it has none."""
+
+    value: Any
+    name: str
+    labeled: bool
+    line: str = ""
+    reason: str = ""
+    detail: str = ""
+    # Counters may not hold these values; gauges may.
+    negative_or_nan: bool = False
 
 
-class KeyNames:
-    """Remember the metric name (or the fault) of every key seen at the last read.
+class Memo:
+    """Remember what each key became at the last read.
 
-    Parsing is the costly part of a read; keys rarely change between reads,
-    so each is parsed once while it stays in the document.
+    Parsing and formatting are the costly part of a read, and between two
+    reads most keys keep their value; those are reused as they were.  Keys
+    gone from the document are forgotten.
     """
 
     def __init__(self) -> None:
-        self._known: dict[str, str | InvalidKey] = {}
+        self._entries: dict[str, Entry] = {}
 
-    def lookup(self, keys: Iterable[str]) -> dict[str, str | InvalidKey]:
-        """Return the name or the fault of each key, forgetting keys gone since."""
-        known = self._known
-        current: dict[str, str | InvalidKey] = {}
-        for key in keys:
-            found = known.get(key)
-            if found is None:
-                try:
-                    found = metric_keys.parse_key(key)[0]
-                except InvalidKey as exc:
-                    found = exc
-            current[key] = found
-        self._known = current
+    def entries(self, document: Mapping[str, Any]) -> dict[str, Entry]:
+        """Return the entry of every stored key of the document."""
+        previous = self._entries
+        current = {}
+        bookkeeping = metric_keys.BOOKKEEPING_KEYS
+        for key, value in document.items():
+            if key in bookkeeping:
+                continue
+            entry = previous.get(key)
+            if (
+                entry is None
+                or entry.value != value
+                or type(entry.value) is not type(value)
+            ):
+                entry = make_entry(key, value, entry)
+            current[key] = entry
+        self._entries = current
         return current
+
+
+def make_entry(key: str, value: Any, before: Entry | None = None) -> Entry:
+    """Parse a key (unless before already did) and format its value."""
+    if before is not None:
+        name, labeled = before.name, before.labeled
+        if before.reason == INVALID_KEY:
+            return Entry(value, name, labeled, "", INVALID_KEY, before.detail)
+    else:
+        try:
+            name = metric_keys.parse_key(key)[0]
+        except InvalidKey as exc:
+            return Entry(value, "", False, "", INVALID_KEY, str(exc))
+        labeled = len(key) > len(name)
+    text = format_value(value)
+    if text is None:
+        detail = f"value {value!r:.60} is a {type(value).__name__}, not a number"
+        return Entry(value, name, labeled, "", NON_NUMERIC, detail)
+    bad_for_counter = text == "NaN" or (text.startswith("-") and float(text) != 0)
+    return Entry(value, name, labeled, f"{key} {text}\n", "", "", bad_for_counter)
 
 
 @dataclass
@@ -139,6 +171,7 @@ class Build:
 
     families: list[Family]
     skipped: list[Skipped]
+    _rendered: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def series(self) -> int:
@@ -150,57 +183,69 @@ class Build:
             counts[item.reason] += 1
         return counts
 
+    def rendered(self, content_type: str) -> bytes:
+        """Return the families in one format, rendered once per build."""
+        if content_type not in self._rendered:
+            render = render_text if content_type == TEXT else render_openmetrics
+            self._rendered[content_type] = render(self.families).encode("utf-8")
+        return self._rendered[content_type]
+
+    def compressed(self, content_type: str) -> bytes:
+        """Return rendered(content_type) as a gzip member, compressed once."""
+        key = "gzip " + content_type
+        if key not in self._rendered:
+            data = self.rendered(content_type)
+            self._rendered[key] = gzip.compress(data, compresslevel=1)
+        return self._rendered[key]
+
 
 def build_families(
     document: Mapping[str, Any],
-    names: KeyNames,
+    memo: Memo,
     reserved: Iterable[str] = (),
 ) -> Build:
     """Group the stored keys into families, setting aside those that cannot be served.
 
     reserved holds names already taken (the exporter's own metrics).
     """
-    keys = [key for key in document if key not in metric_keys.BOOKKEEPING_KEYS]
-    looked_up = names.lookup(keys)
     skipped: list[Skipped] = []
-    grouped: dict[str, list[tuple[str, str]]] = {}
+    grouped: dict[str, list[tuple[str, Entry]]] = {}
     labeled_names: set[str] = set()
-    for key in keys:
-        name = looked_up[key]
-        if isinstance(name, InvalidKey):
-            skipped.append(Skipped(key, INVALID_KEY, str(name)))
+    for key, entry in memo.entries(document).items():
+        if entry.reason:
+            skipped.append(Skipped(key, entry.reason, entry.detail))
             continue
-        text = format_value(document[key])
-        if text is None:
-            kind = type(document[key]).__name__
-            detail = f"value {document[key]!r:.60} is a {kind}, not a number"
-            skipped.append(Skipped(key, NON_NUMERIC, detail))
-            continue
-        grouped.setdefault(name, []).append((key, text))
-        if len(key) > len(name):
-            labeled_names.add(name)
+        grouped.setdefault(entry.name, []).append((key, entry))
+        if entry.labeled:
+            labeled_names.add(entry.name)
 
     families = []
-    for name, samples in grouped.items():
-        labeled = name in labeled_names
-        kind = kind_for(name, labeled)
-        family = Family(name, kind, f"TAO metric {name} read from MongoDB")
-        for key, text in samples:
-            if kind != GAUGE and len(key) == len(name):
+    for name, entries in grouped.items():
+        if name not in labeled_names:
+            lines = [entry.line for _, entry in entries]
+            families.append(Family(name, GAUGE, _help(name), lines))
+            continue
+        kind = kind_for(name, True)
+        family = Family(name, kind, _help(name))
+        for key, entry in entries:
+            if kind != GAUGE and not entry.labeled:
                 detail = (
                     f"flat key has the name of the labeled {kind} family {name}; "
                     "flat keys are gauges"
                 )
                 skipped.append(Skipped(key, COLLISION, detail))
-                continue
-            if kind == COUNTER and not counter_value_ok(text):
-                detail = f"counter value {text} is negative or NaN"
+            elif kind == COUNTER and entry.negative_or_nan:
+                detail = f"counter value {entry.value!r} is negative or NaN"
                 skipped.append(Skipped(key, BAD_COUNTER_VALUE, detail))
-                continue
-            family.lines.append(f"{key} {text}\n")
+            else:
+                family.lines.append(entry.line)
         families.append(family)
     kept = _drop_collisions(families, set(reserved), labeled_names, skipped)
     return Build(kept, skipped)
+
+
+def _help(name: str) -> str:
+    return f"TAO metric {name} read from MongoDB"
 
 
 def _drop_collisions(
@@ -272,20 +317,30 @@ def to_metrics(families: Iterable[Family]) -> Iterator[Metric]:
 
 
 class Exposition:
-    """One rendered response body per format, compressed on first demand."""
+    """The response bodies of one snapshot: own metrics, then the stored ones.
 
-    def __init__(self, text: str, openmetrics: str) -> None:
-        self._bodies = {
-            TEXT: text.encode("utf-8"),
-            OPENMETRICS: (openmetrics + "# EOF\n").encode("utf-8"),
+    Each body is a list of byte strings.  The stored part is rendered and
+    compressed once per build, and a build is reused for as long as the
+    document does not change; compressed bodies are gzip members, which
+    clients read as one stream.
+    """
+
+    def __init__(self, own: list[Family], build: Build | None) -> None:
+        self._own = {
+            TEXT: render_text(own).encode("utf-8"),
+            OPENMETRICS: render_openmetrics(own).encode("utf-8"),
         }
-        self._gzipped: dict[str, bytes] = {}
+        self._build = build
 
-    def body(self, content_type: str, compressed: bool = False) -> bytes:
+    def body(self, content_type: str, compressed: bool = False) -> list[bytes]:
+        parts = [self._own[content_type]]
+        if self._build is not None:
+            parts.append(self._build.rendered(content_type))
+        if content_type == OPENMETRICS:
+            parts.append(b"# EOF\n")
         if not compressed:
-            return self._bodies[content_type]
-        if content_type not in self._gzipped:
-            self._gzipped[content_type] = gzip.compress(
-                self._bodies[content_type], compresslevel=1
-            )
-        return self._gzipped[content_type]
+            return parts
+        own = gzip.compress(b"".join(parts[:1]), compresslevel=1)
+        stored = self._build.compressed(content_type) if self._build else b""
+        tail = gzip.compress(b"# EOF\n") if content_type == OPENMETRICS else b""
+        return [own, stored, tail]

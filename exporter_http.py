@@ -91,23 +91,25 @@ class ExporterApp:
         accept = environ.get("HTTP_ACCEPT", "")
         content_type = OPENMETRICS if "application/openmetrics-text" in accept else TEXT
         compressed = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
-        body = self.collector.snapshot().exposition.body(content_type, compressed)
+        parts = self.collector.snapshot().exposition.body(content_type, compressed)
         headers = [("Content-Type", content_type)]
         if compressed:
             headers.append(("Content-Encoding", "gzip"))
-        return self._reply(start_response, "200 OK", body, method, headers)
+        return self._reply(start_response, "200 OK", parts, method, headers)
 
     @staticmethod
     def _reply(
         start_response: StartResponse,
         status: str,
-        body: bytes,
+        body: bytes | list[bytes],
         method: str,
         headers: list[tuple[str, str]] | None = None,
     ) -> list[bytes]:
+        parts = [body] if isinstance(body, bytes) else body
+        length = sum(len(part) for part in parts)
         headers = headers or [("Content-Type", "text/plain; charset=utf-8")]
-        start_response(status, [*headers, ("Content-Length", str(len(body)))])
-        return [] if method == "HEAD" else [body]
+        start_response(status, [*headers, ("Content-Length", str(length))])
+        return [] if method == "HEAD" else parts
 
 
 class _RequestHandler(WSGIRequestHandler):

@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 import collector
-from collector import GAUGE, Build, Exposition, Family, KeyNames
+from collector import GAUGE, Build, Exposition, Family, Memo
 from mongo_store import MAX_DOCUMENT_BYTES, MetricsStore, StoreError
 
 log = logging.getLogger("exporter")
@@ -50,16 +50,19 @@ SELF_METRICS = {
 
 @dataclass(frozen=True)
 class Read:
-    """The outcome of one attempt to read the document."""
+    """The outcome of one attempt to read the document: its BSON, or an error."""
 
-    document: dict[str, Any] | None
-    size: int
+    raw: bytes | None
     duration: float
     error: str | None = None
 
+    @property
+    def size(self) -> int:
+        return len(self.raw) if self.raw else 0
+
 
 def read_document(store: MetricsStore, timeout: float) -> Read:
-    """Read the document and its BSON size, bounded by timeout in all."""
+    """Read the document as BSON bytes, bounded by timeout in all."""
     raw_options = store.collection.codec_options.with_options(
         document_class=RawBSONDocument
     )
@@ -68,13 +71,11 @@ def read_document(store: MetricsStore, timeout: float) -> Read:
     try:
         with store.errors(f"reading {store.location.describe()}"):
             with pymongo.timeout(timeout):
-                raw = raw_collection.find_one(store.selector)
+                found = raw_collection.find_one(store.selector)
     except StoreError as exc:
-        return Read(None, 0, time.perf_counter() - started, str(exc))
-    if raw is None:
-        return Read(None, 0, time.perf_counter() - started)
-    document = bson.decode(raw.raw, codec_options=store.collection.codec_options)
-    return Read(document, len(raw.raw), time.perf_counter() - started)
+        return Read(None, time.perf_counter() - started, str(exc))
+    raw = found.raw if found is not None else None
+    return Read(raw, time.perf_counter() - started)
 
 
 def unix_time(value: Any) -> float | None:
@@ -96,7 +97,9 @@ def gauge(name: str, value: float | int, labels: str = "") -> Family:
     return Family(name, GAUGE, SELF_METRICS[name], [f"{name}{labels} {text}\n"])
 
 
-def self_families(read: Read, build: Build | None) -> list[Family]:
+def self_families(
+    read: Read, build: Build | None, last_updated: float | None
+) -> list[Family]:
     """Describe the read itself; document figures only when the read succeeded."""
     families = [
         gauge(UP, 0 if read.error else 1),
@@ -112,7 +115,6 @@ def self_families(read: Read, build: Build | None) -> list[Family]:
         count = counts.get(reason, 0)
         skipped.lines.append(f'{KEYS_SKIPPED}{{reason="{reason}"}} {count}\n')
     families += [skipped, gauge(DOCUMENT_SIZE, read.size)]
-    last_updated = unix_time((read.document or {}).get("last_updated"))
     if last_updated is not None:
         families.append(gauge(LAST_UPDATED, last_updated))
     return families
@@ -120,16 +122,21 @@ def self_families(read: Read, build: Build | None) -> list[Family]:
 
 @dataclass
 class Snapshot:
-    """What one read produced: the families and the rendered bodies."""
+    """What one read produced: the families and the response bodies."""
 
     read: Read
-    families: list[Family]
+    own: list[Family]
+    build: Build | None
     exposition: Exposition
     taken_at: float
 
     @property
     def reachable(self) -> bool:
         return self.read.error is None
+
+    @property
+    def families(self) -> list[Family]:
+        return self.own + (self.build.families if self.build else [])
 
 
 class DocumentCollector(Collector):
@@ -149,7 +156,9 @@ class DocumentCollector(Collector):
         self._clock = clock
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
-        self._names = KeyNames()
+        self._memo = Memo()
+        # The BSON of the last document built, its build and last_updated.
+        self._built: tuple[bytes, Build, float | None] | None = None
         self._logged_skips: dict[str, str] = {}
         self._state: str | None = None
 
@@ -181,30 +190,39 @@ class DocumentCollector(Collector):
     def _refresh(self) -> Snapshot:
         read = self._read()
         self._note_reachability(read)
-        build = None
+        build, last_updated = None, None
         if read.error is None:
             try:
-                build = collector.build_families(
-                    read.document or {}, self._names, SELF_METRICS
-                )
+                build, last_updated = self._build(read.raw)
             except Exception:
                 # A fault here is a bug, not bad data; keep serving the
                 # exporter's own metrics instead of failing every scrape.
                 log.exception("building the exposition failed")
-            else:
-                self._log_new_skips(build)
-        families = self_families(read, build) + (build.families if build else [])
-        exposition = Exposition(
-            collector.render_text(families), collector.render_openmetrics(families)
-        )
-        return Snapshot(read, families, exposition, self._clock())
+        own = self_families(read, build, last_updated)
+        exposition = Exposition(own, build)
+        return Snapshot(read, own, build, exposition, self._clock())
+
+    def _build(self, raw: bytes | None) -> tuple[Build, float | None]:
+        """Build the families of a document, reusing the last build if unchanged."""
+        if raw is None:
+            return Build([], []), None
+        if self._built is not None and self._built[0] == raw:
+            return self._built[1], self._built[2]
+        assert self._store is not None
+        options = self._store.collection.codec_options
+        document = bson.decode(raw, codec_options=options)
+        build = collector.build_families(document, self._memo, SELF_METRICS)
+        last_updated = unix_time(document.get("last_updated"))
+        self._log_new_skips(build)
+        self._built = (raw, build, last_updated)
+        return build, last_updated
 
     def _read(self) -> Read:
         if self._store is None:
             try:
                 self._store = self._open_store()
             except StoreError as exc:
-                return Read(None, 0, 0.0, str(exc))
+                return Read(None, 0.0, str(exc))
         return read_document(self._store, self.timeout)
 
     def _note_reachability(self, read: Read) -> None:
@@ -212,12 +230,12 @@ class DocumentCollector(Collector):
         if read.error:
             state = read.error
         else:
-            state = "serving" if read.document is not None else "no document"
+            state = "serving" if read.raw is not None else "no document"
         if state == self._state:
             return
         if read.error:
             log.warning("mongodb unreachable: %s", read.error)
-        elif read.document is None:
+        elif read.raw is None:
             log.warning("no metrics document found; serving only own metrics")
         elif self._state is not None:
             log.info("mongodb reachable and metrics document found")
