@@ -84,9 +84,13 @@ class Job:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Job:
-        """Build a job from a telemetry payload, as the TAO services receive it."""
+        """Build a job from a telemetry payload, filling gaps as the services do."""
         fields = {name: data[name] for name in _JOB_FIELDS if name in data}
+        for name in ("network", "action", "version"):
+            fields.setdefault(name, "unknown")
         fields.setdefault("success", False)
+        # A payload without a GPU list ran on one GPU nobody named.
+        fields.setdefault("gpu", ("unknown",))
         return cls(**fields)
 
 

@@ -287,8 +287,16 @@ def test_job_refuses_bad_telemetry(bad: dict) -> None:
 def test_job_from_a_telemetry_payload() -> None:
     payload = {"network": "n", "action": "a", "version": "1.0", "gpu": ["X"]}
     job = Job.from_mapping({**payload, "extra": 1})
-    assert job.gpu == ("X",)
-    assert job.success is False
+    assert job == Job("n", "a", "1.0", False, gpu=("X",))
+
+
+def test_gaps_in_a_payload_are_filled_as_the_services_fill_them() -> None:
+    job = Job.from_mapping({"success": True})
+    increments = counter_increments([job])
+    assert increments["gpu_unknown_action_unknown"] == 1
+    key = "network_unknown_action_unknown_version_unknown_status_pass_gpu_1_UNKNOWN_1"
+    assert increments[key] == 1
+    assert increments['tao_job_gpu_total{tao_gpu_type="unknown"}'] == 1
 
 
 # Recording
