@@ -8,6 +8,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import cli_support
 import labeled
@@ -169,6 +171,17 @@ def test_job_without_gpus(store: MetricsStore) -> None:
     # The services write the separator before the empty GPU list.
     key = "network_ocrnet_action_inference_version_5_5_0_status_pass_gpu_0_"
     assert document[key] == 1
+
+
+GPU_EXAMPLES = [
+    "NVIDIA A100-SXM4-80GB",
+    "NVIDIA GeForce RTX 4090",
+    "NVIDIA RTX A6000",
+    "NVIDIA H100 80GB HBM3",
+    "Jetson AGX Orin",
+    "NVIDIA L40S",
+    "NVIDIA GH200",
+]
 
 
 @pytest.mark.parametrize(
@@ -406,6 +419,53 @@ def test_large_batches_are_split_and_still_add_up(store: MetricsStore) -> None:
     jobs = list(sample_jobs(80, seed=2))
     record_jobs(store, jobs, NOW, max_keys=40)
     assert stored(store) == apply_locally({"name": "metrics"}, jobs, NOW)
+
+
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+jobs = st.builds(
+    Job,
+    network=names,
+    action=names,
+    version=names,
+    success=st.booleans(),
+    user_error=st.booleans(),
+    time_lapsed=st.one_of(
+        st.integers(0, 10**6), st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
+    ),
+    gpu=st.lists(st.sampled_from(GPU_EXAMPLES) | names, max_size=4).map(tuple),
+    client_type=names,
+    automl_triggered=st.booleans(),
+)
+stored_times = st.one_of(
+    st.none(),
+    st.datetimes(datetime(2026, 5, 15), datetime(2026, 5, 19)),
+    st.datetimes(datetime(2026, 5, 15), datetime(2026, 5, 19)).map(datetime.isoformat),
+    st.text(max_size=12),
+)
+nows = st.datetimes(
+    datetime(2026, 5, 16),
+    datetime(2026, 5, 18),
+    timezones=st.sampled_from([None, timezone.utc, timezone(timedelta(hours=5))]),
+)
+
+
+@given(st.lists(jobs, min_size=1, max_size=3), stored_times, nows)
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+def test_the_server_stores_what_the_model_computes(
+    store: MetricsStore, collection, batch, last_updated, now
+) -> None:
+    collection.delete_many({})
+    seed = {"time_lapsed_today": 7}
+    if last_updated is not None:
+        seed["last_updated"] = last_updated
+    collection.insert_one({"name": "metrics", **seed})
+    after = record_jobs(store, batch, now)
+    after.pop("_id")
+    assert after == apply_locally({"name": "metrics", **seed}, batch, now)
 
 
 def _record_in_a_process(uri: str, db: str, jobs: list[Job], start) -> None:
