@@ -585,3 +585,37 @@ def test_any_document_survives_export_and_import(
         capsys.readouterr()
         mongo_client.drop_database(old.db)
         mongo_client.drop_database(new.db)
+
+
+def test_location_and_backup_folder_come_from_the_environment(
+    mongo_uri, mongo_client, location, target, tmp_path: Path
+) -> None:
+    source = Location(location.db, "telemetry", "tao")
+    destination = Location(target.db, "stats", "tao_metrics")
+    store(mongo_uri, source, rich_document())
+    store(mongo_uri, destination, {"total_action_train_pass": 1})
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    backup = str(tmp_path / "backup.json")
+
+    def env(where: Location) -> dict[str, str]:
+        return {
+            "MONGODB_URI": mongo_uri,
+            "MONGODB_DB": where.db,
+            "MONGODB_COLLECTION": where.collection,
+            "MONGODB_DOCUMENT_NAME": where.document_name,
+            "MONGODB_TIMEOUT": "5",
+            "TAO_BACKUP_DIR": str(backups),
+        }
+
+    exported = run_script("export_metrics.py", "-o", backup, env=env(source))
+    imported = import_("-i", backup, "--allow-decrease", env=env(destination))
+
+    assert_succeeded(exported)
+    assert_succeeded(imported)
+    stats = mongo_client[target.db]["stats"]
+    document = stats.find_one({"name": "tao_metrics"})
+    assert_identical(document, {"name": "tao_metrics", **rich_document()})
+    assert len(list(backups.glob("pre_import_backup_*.json"))) == 1
+    assert len(history(mongo_client, destination)) == 1
+    assert mongo_client[target.db]["metrics"].count_documents({}) == 0

@@ -37,6 +37,7 @@ def test_valid_document_loses_only_id_and_name() -> None:
         ('{"total_a": 99999999999999999999}', "an integer beyond 64 bits"),
         ('{"": 1}', "'': empty key"),
         ('{"a\\u0000b": 1}', "key holds a NUL character"),
+        ('{"a\\ud800": 1}', "lone surrogate"),
         ('{"tao_job_total{tao_action=\\"train\\"": 1}', "broken labels"),
         ('{"tao_job_total{1x=\\"a\\"}": 1}', "broken labels"),
         ('{"last_updated": "yesterday"}', "not an ISO-8601 time: 'yesterday'"),
