@@ -258,10 +258,17 @@ def confirm_replace(plan: Plan, args: argparse.Namespace) -> None:
             "on, pass --yes"
         )
     removed = len(import_plan.metric_names(plan.current))
-    answer = input(
-        f"This deletes all {removed} current metrics and writes "
-        f"{len(plan.imported)} from the file. Type YES to continue: "
+    written = len(import_plan.metric_names(plan.imported))
+    # The question goes to stderr so that stdout holds only the report or JSON.
+    print(
+        f"This deletes all {removed} current metrics and writes {written} from "
+        "the file. Type YES to continue: ",
+        end="",
+        file=sys.stderr,
+        flush=True,
     )
+    # An empty answer at end of input (Ctrl-D) cancels too.
+    answer = sys.stdin.readline()
     if answer.strip() != "YES":
         raise UsageError("replace cancelled; nothing was written")
 

@@ -271,7 +271,7 @@ def run_on_terminal(args: list[str], answer: str) -> subprocess.CompletedProcess
             text=True,
         )
         os.close(terminal)
-        os.write(controller, answer.encode() + b"\n")
+        os.write(controller, answer.encode())
         out, err = process.communicate(timeout=60)
     finally:
         os.close(controller)
@@ -289,17 +289,22 @@ def test_replace_asks_for_yes_on_a_terminal_and_keeps_name_and_id(
     arguments = [*target_args, "-i", backup, "--replace", "--no-backup"]
 
     without_terminal = import_(*arguments)
-    declined = run_on_terminal(arguments, "no")
+    declined = run_on_terminal(arguments, "no\n")
+    ended = run_on_terminal(arguments, "\x04")
     assert collection.find_one() == original
-    confirmed = run_on_terminal(arguments, "YES")
+    confirmed = run_on_terminal([*arguments, "--json"], "YES\n")
 
     assert_refused(without_terminal, "--yes")
-    assert_refused(declined, "cancelled")
-    assert "Type YES to continue" in declined.stdout
-    assert_succeeded(confirmed)
-    assert "Replaced metrics:\n  Previous: 2\n  Imported: 1\n  Final: 1" in (
-        confirmed.stdout
+    assert declined.stderr.startswith(
+        "This deletes all 2 current metrics and writes 1 from the file. "
+        "Type YES to continue: error: replace cancelled"
     )
+    assert declined.returncode == ended.returncode == 1
+    assert "replace cancelled; nothing was written" in ended.stderr
+    assert "Traceback" not in ended.stderr
+    assert_succeeded(confirmed)
+    summary = json.loads(confirmed.stdout)
+    assert (summary["mode"], summary["removed"], summary["final"]) == ("replace", 2, 1)
     after = collection.find_one()
     assert after == {"_id": original["_id"], "name": "metrics", "c_total": 3}
     assert type(after["c_total"]) is Int64
