@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import bson
+import bson.errors
 import pymongo
 from pymongo import ReturnDocument
 from pymongo import errors as mongo_errors
@@ -138,7 +139,7 @@ class MetricsStore:
         """Turn a driver exception into a one-line StoreError naming the action."""
         try:
             yield
-        except mongo_errors.PyMongoError as exc:
+        except (mongo_errors.PyMongoError, bson.errors.InvalidDocument) as exc:
             raise StoreError(self._scrub(f"{action}: {describe_error(exc)}")) from None
 
     def _scrub(self, text: str) -> str:
@@ -273,7 +274,7 @@ def sum_pipeline(increments: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"$replaceWith": {"$mergeObjects": ["$$ROOT", new_values]}}]
 
 
-def describe_error(exc: mongo_errors.PyMongoError) -> str:
+def describe_error(exc: Exception) -> str:
     """Say in one line what went wrong with the database."""
     text = re.split(r", full error:|, Timeout:| \(configured timeouts", str(exc))[0]
     text = text.splitlines()[0] if text else type(exc).__name__
@@ -293,4 +294,6 @@ def describe_error(exc: mongo_errors.PyMongoError) -> str:
         return f"connection to MongoDB lost: {text}"
     if isinstance(exc, mongo_errors.DocumentTooLarge):
         return f"document too large for MongoDB: {text}"
+    if isinstance(exc, bson.errors.InvalidDocument):
+        return f"a value MongoDB cannot store: {text}"
     return text
