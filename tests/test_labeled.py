@@ -13,18 +13,20 @@ from hypothesis import strategies as st
 
 import cli_support
 import labeled
-from labeled import (
+from gpu_types import (
     ARCHITECTURES,
     GPU_GENERATIONS,
+    architecture,
+    gpu_type,
+    primary_gpu,
+)
+from labeled import (
     ComprehensiveMetricsBuilder,
     Job,
     LabeledMetricsBuilder,
     LegacyMetricsBuilder,
     apply_locally,
-    architecture,
     counter_increments,
-    gpu_type,
-    primary_gpu,
     record_job,
     record_jobs,
     record_pipeline,
