@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -113,7 +114,7 @@ def print_report(
         )
     say()
     say("To import it on the new server, run:")
-    shown = output if output != metrics_file.STDIO else "FILE"
+    shown = shlex.quote(output) if output != metrics_file.STDIO else "FILE"
     say(f"  python import_metrics.py --input {shown} --dry-run")
 
 

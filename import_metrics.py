@@ -7,6 +7,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import cli_support
 import import_plan
 import metrics_file
+import mongo_store
 from cli_support import UsageError
 from import_plan import MERGE, REPLACE, SUM, Plan
 from mongo_store import MAX_DOCUMENT_BYTES, MetricsStore, StoreError
@@ -144,9 +146,8 @@ def run_import(args: argparse.Namespace) -> int:
         backup = take_backup(store, current, args)
         if backup:
             say(f"   ✓ Backup of the previous document: {backup}")
-            say(
-                f"     (undo with: python import_metrics.py --input {backup} --replace)"
-            )
+            undo = ["--input", backup, "--replace", *target_arguments(args)]
+            say(f"     (undo with: python import_metrics.py {shlex.join(undo)})")
         after = store.apply(plan.pipeline, f"writing the {mode}")
         check_written(plan, after, backup)
         store.record_history(history_entry(plan, args, loaded, backup))
@@ -233,12 +234,14 @@ def show_dry_run(
             say(f"  ✗ {problem}")
         return
     say("To execute this import, run:")
-    say(f"  python import_metrics.py {' '.join(execute_arguments(args))}")
+    say(f"  python import_metrics.py {shlex.join(execute_arguments(args))}")
 
 
 def execute_arguments(args: argparse.Namespace) -> list[str]:
     """Return the flags of this command without --dry-run, for copying."""
-    words = ["--input", args.input]
+    words = ["--input", args.input, *target_arguments(args)]
+    if args.backup_dir != ".":
+        words += ["--backup-dir", args.backup_dir]
     if args.replace:
         words.append("--replace")
     if args.strategy != import_plan.OVERWRITE:
@@ -246,6 +249,22 @@ def execute_arguments(args: argparse.Namespace) -> list[str]:
     for flag in ("allow_decrease", "force", "no_backup"):
         if getattr(args, flag):
             words.append("--" + flag.replace("_", "-"))
+    return words
+
+
+def target_arguments(args: argparse.Namespace) -> list[str]:
+    """Return the options naming this run's database and document, for copying."""
+    # Without them a copied command could write to another database.
+    words = []
+    if args.uri:
+        words += ["--uri", mongo_store.redact_uri(args.uri)]
+    for option, value, default in (
+        ("--db", args.db, mongo_store.DEFAULT_DB),
+        ("--collection", args.collection, mongo_store.DEFAULT_COLLECTION),
+        ("--document-name", args.document_name, mongo_store.DEFAULT_DOCUMENT_NAME),
+    ):
+        if value != default:
+            words += [option, value]
     return words
 
 

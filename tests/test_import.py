@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -135,9 +136,10 @@ def test_export_then_import_gives_back_the_identical_document(
         "  ✓ 10 new metrics will be added\n"
         "  ✓ 0 existing metrics will be updated\n"
     ) in dry.stdout
-    assert (
-        f"To execute this import, run:\n  python import_metrics.py --input {backup}\n"
-    ) in dry.stdout
+    execute = shlex.join(["--input", backup, "--uri", mongo_uri, "--db", target.db])
+    assert f"To execute this import, run:\n  python import_metrics.py {execute}\n" in (
+        dry.stdout
+    )
     assert f"✅ Import Successful!\n{RULE}\n\n" in result.stdout
     assert result.stdout.endswith(
         "Merged metrics:\n  Previous: 0\n  Imported: 10\n  Final: 10\n"
@@ -170,9 +172,9 @@ def test_dry_run_writes_nothing(
         "  ✓ 2 new metrics will be added\n"
         "  ✓ 1 existing metrics will be updated\n"
     ) in result.stdout
-    assert result.stdout.rstrip().endswith(
-        f"To execute this import, run:\n  python import_metrics.py --input {backup}"
-    )
+    execute = ["--input", backup, *target_args[:4], "--backup-dir", str(backups)]
+    command = f"python import_metrics.py {shlex.join(execute)}"
+    assert result.stdout.rstrip().endswith(f"To execute this import, run:\n  {command}")
 
 
 def test_lowering_a_counter_is_shown_then_refused_unless_allowed(
@@ -327,16 +329,17 @@ def test_backup_before_writing_rolls_the_import_back(
     assert_succeeded(merged)
     assert collection.find_one()["x.y$z"] == 3.5
     saved = re.search(r"Backup of the previous document: (\S+)", merged.stdout)
-    assert saved, merged.stdout
+    undo = re.search(r"\(undo with: python import_metrics\.py (.+)\)\n", merged.stdout)
+    assert saved and undo, merged.stdout
     backup = saved.group(1)
     assert Path(backup).parent == backups
     assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600
-    assert f"--input {backup} --replace" in merged.stdout
     assert_identical(metrics_file.read_document(backup).document, before)
 
-    rollback = import_(
-        *target_args, "-i", backup, "--replace", "--yes", "--backup-dir", str(backups)
-    )
+    # The operator copies the printed command and confirms on the command line.
+    undo_args = shlex.split(undo.group(1))
+    assert undo_args == ["--input", backup, "--replace", *target_args[:4]]
+    rollback = import_(*undo_args, "--yes", "--backup-dir", str(backups))
 
     assert_succeeded(rollback)
     assert_identical(collection.find_one(), before)
