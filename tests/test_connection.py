@@ -7,6 +7,9 @@ import ast
 import importlib
 import re
 import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pymongo import uri_parser
@@ -14,6 +17,7 @@ from pymongo import uri_parser
 import mongo_store
 from mongo_store import redact_uri, resolve_uri, tao_pod_uri
 from tests.conftest import run_script
+from tests.helpers import store
 from tests.servers import REPO, free_port
 
 SCRIPTS = ("export_metrics.py", "import_metrics.py", "convert_to_labeled.py")
@@ -172,3 +176,56 @@ def test_help_states_every_default(script: str) -> None:
         if action.default in (None, False, argparse.SUPPRESS) or not action.help:
             continue
         assert "default" in action.help, action.option_strings
+
+
+@pytest.fixture
+def user(mongo_client) -> Iterator[str]:
+    """A user with PASSWORD on the test server, removed afterwards."""
+    name = f"operator_{uuid.uuid4().hex[:8]}"
+    mongo_client.admin.command("createUser", name, pwd=PASSWORD, roles=["root"])
+    yield name
+    mongo_client.admin.command("dropUser", name)
+
+
+def with_credentials(uri: str, name: str, password: str) -> str:
+    quoted = urllib.parse.quote_plus(password)
+    return uri.replace("mongodb://", f"mongodb://{name}:{quoted}@") + (
+        "/?authSource=admin"
+    )
+
+
+def test_password_is_never_printed(user, mongo_uri, location, tmp_path: Path) -> None:
+    store(mongo_uri, location, {"total_action_train_pass": 1})
+    uri = with_credentials(mongo_uri, user, PASSWORD)
+    backup = str(tmp_path / "backup.json")
+    common = ["--db", location.db, "--timeout", "5"]
+
+    exported = run_script("export_metrics.py", "--uri", uri, *common, "-o", backup)
+    imported = run_script(
+        "import_metrics.py",
+        *common,
+        "-i",
+        backup,
+        "--backup-dir",
+        str(tmp_path),
+        env={"MONGODB_URI": uri},
+    )
+    wrong = run_script(
+        "import_metrics.py",
+        *common,
+        "-i",
+        backup,
+        env={"MONGODB_URI": with_credentials(mongo_uri, user, "Wr0ng:pass")},
+    )
+
+    assert exported.returncode == 0, exported.stderr
+    assert imported.returncode == 0, imported.stderr
+    assert "(undo with: python import_metrics.py --input" in imported.stdout
+    assert wrong.returncode == 1
+    assert wrong.stderr.endswith(
+        "authentication failed: check the user name and password\n"
+    )
+    for result in (exported, imported, wrong):
+        output = result.stdout + result.stderr
+        for secret in (PASSWORD, urllib.parse.quote_plus(PASSWORD), "Wr0ng"):
+            assert secret not in output
