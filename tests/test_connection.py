@@ -6,6 +6,7 @@ import argparse
 import ast
 import importlib
 import re
+import socket
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -229,3 +230,26 @@ def test_password_is_never_printed(user, mongo_uri, location, tmp_path: Path) ->
         output = result.stdout + result.stderr
         for secret in (PASSWORD, urllib.parse.quote_plus(PASSWORD), "Wr0ng"):
             assert secret not in output
+
+
+def test_server_that_never_answers_fails_within_the_timeout(tmp_path: Path) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        uri = f"mongodb://127.0.0.1:{silent.getsockname()[1]}"
+        output = str(tmp_path / "out.json")
+
+        result = run_script(
+            "export_metrics.py",
+            "--uri",
+            uri,
+            "--timeout",
+            "1",
+            "-o",
+            output,
+            timeout=30,
+        )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "cannot reach MongoDB" in result.stderr

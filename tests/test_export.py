@@ -27,6 +27,8 @@ def test_export_writes_an_exact_checksummed_file_and_reports_it(
     store(mongo_uri, location, rich_document())
     collection.insert_many([{"name": "other"}, {"unrelated": True}])
     stored = collection.find_one({"name": "metrics"})
+    # Only one of two documents with the metrics name can be exported.
+    collection.insert_one({"name": "metrics", "total_action_train_pass": 99})
     output = tmp_path / "old_server_metrics.json"
 
     result = run_script(
@@ -52,7 +54,7 @@ def test_export_writes_an_exact_checksummed_file_and_reports_it(
     size = output.stat().st_size
     assert f"File size: {size:,} bytes ({size / 2**20:.2f} MB)" in report
     assert f"python import_metrics.py --input {output} --dry-run" in report
-    assert "holds 2 other documents" in report
+    assert "holds 3 other documents" in report
 
 
 def test_export_to_stdout_keeps_the_report_on_stderr(
