@@ -248,8 +248,21 @@ def _counters(imported: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _summed(current: Mapping[str, Any], imported: Mapping[str, Any]) -> dict[str, Any]:
+    counters = _counters(imported)
+    stored = [
+        f"{short(key)}: {number_problem(current[key])}"
+        for key in counters
+        if key in current and number_problem(current[key])
+    ]
+    if stored:
+        raise InvalidInput(
+            f"{len(stored)} stored values cannot be added to, first: "
+            + "; ".join(stored[:SHOWN])
+            + "; fix them in the database or import without --strategy sum "
+            "(nothing was written)"
+        )
     final = dict(current)
-    for key, value in _counters(imported).items():
+    for key, value in counters.items():
         final[key] = add(current[key], value) if key in current else value
     if metric_keys.TIME_KEY in imported and metric_keys.TIME_KEY not in current:
         final[metric_keys.TIME_KEY] = imported[metric_keys.TIME_KEY]
@@ -263,6 +276,9 @@ def add(left: Number, right: Number) -> Number:
     if isinstance(left, float) or isinstance(right, float):
         return float(left) + float(right)
     total = int(left) + int(right)
+    if not INT64_MIN <= total <= INT64_MAX:
+        # The server turns a sum beyond 64 bits into a double.
+        return float(total)
     if isinstance(left, Int64) or isinstance(right, Int64) or total > 2**31 - 1:
         return Int64(total)
     return total

@@ -627,3 +627,29 @@ def test_location_and_backup_folder_come_from_the_environment(
     assert len(list(backups.glob("pre_import_backup_*.json"))) == 1
     assert len(history(mongo_client, destination)) == 1
     assert mongo_client[target.db]["metrics"].count_documents({}) == 0
+
+
+def test_planned_sums_have_the_servers_types(mongo_uri, target) -> None:
+    stored = {
+        "a": Int64(2**63 - 1),
+        "b": 2**31 - 1,
+        "c": 5,
+        "d": Decimal128("1.25"),
+        "e": Int64(7),
+    }
+    store(mongo_uri, target, stored)
+    imported = {"a": 5, "b": 1, "c": 2.5, "d": 1, "e": 1, "f": Int64(3)}
+    with MetricsStore(mongo_uri, target) as metrics:
+        plan = import_plan.plan_import(metrics.read(), imported, "merge", "sum")
+        after = metrics.apply(plan.pipeline, "test write")
+
+    assert typed_values(after) == typed_values(plan.final)
+    assert import_plan.mismatches(plan, after) == []
+
+
+def typed_values(document: dict) -> dict[str, tuple[str, str]]:
+    return {
+        key: (type(value).__name__, repr(value))
+        for key, value in document.items()
+        if key not in BOOKKEEPING_KEYS
+    }

@@ -172,3 +172,19 @@ def test_mismatches_find_keys_the_write_did_not_set() -> None:
     assert import_plan.mismatches(summed, {"a": 2}) == ["a"]
     replaced = plan_import({"a": 1}, {"b": 2}, REPLACE)
     assert import_plan.mismatches(replaced, {"a": 1, "b": 2}) == ["a"]
+
+
+def test_sum_refuses_stored_values_that_are_not_numbers() -> None:
+    current = {"a": "12", "b": None, "c": 1}
+    with pytest.raises(InvalidInput) as raised:
+        plan_import(current, {"a": 1, "b": 1, "c": 1}, MERGE, SUM)
+    message = str(raised.value)
+    assert message.startswith("2 stored values cannot be added to, first: 'a':")
+    assert "'b': not a number (NoneType None)" in message
+    # The default merge simply overwrites them.
+    assert plan_import(current, {"a": 1, "b": 1}, MERGE).final["a"] == 1
+
+
+def test_sum_beyond_64_bits_becomes_a_double() -> None:
+    plan = plan_import({"a": Int64(2**63 - 1)}, {"a": 1}, MERGE, SUM)
+    assert plan.final["a"] == float(2**63) and type(plan.final["a"]) is float
