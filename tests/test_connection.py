@@ -253,3 +253,25 @@ def test_server_that_never_answers_fails_within_the_timeout(tmp_path: Path) -> N
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "cannot reach MongoDB" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "complaint"),
+    [
+        ("import_metrics.py", [], "the following arguments are required: -i/--input"),
+        (
+            "import_metrics.py",
+            ["-i", "x.json", "--replace", "--strategy", "sum"],
+            "--strategy applies to merges, not to --replace",
+        ),
+        ("import_metrics.py", ["-i", "x", "--strategy", "max"], "invalid choice"),
+        ("export_metrics.py", ["--timeout", "0"], "must be above 0"),
+        ("convert_to_labeled.py", ["--timeout", "soon"], "not a number: 'soon'"),
+    ],
+)
+def test_usage_errors_exit_with_status_2(script, args, complaint, capsys) -> None:
+    module = importlib.import_module(script.removesuffix(".py"))
+    with pytest.raises(SystemExit) as raised:
+        module.main(args)
+    assert raised.value.code == 2
+    assert complaint in capsys.readouterr().err
