@@ -338,6 +338,10 @@ def _below(new: Any, old: Any) -> bool:
 
 def same(left: Any, right: Any) -> bool:
     """Tell whether two stored values are equal in value and BSON type."""
+    kind = type(left)
+    if kind is type(right) and (kind is int or kind is str):
+        # Equal ints take the same BSON width and equal strings the same bytes.
+        return left == right
     return bson.encode({"v": left}) == bson.encode({"v": right})
 
 

@@ -118,9 +118,9 @@ def _plain_labels(text: str) -> dict[str, str] | None:
     """Read quote-free label pairs; None when unsorted, repeated or reserved."""
     parts = text.split('"')
     names = [part.lstrip(",")[:-1] for part in parts[0:-1:2]]
-    if any(left >= right for left, right in itertools.pairwise(names)):
-        return None
-    if any(name.startswith("__") for name in names):
+    # Strictly ascending is sorted and unique; a reserved name starts the text
+    # or follows a closing quote and comma (values here hold no quote).
+    if names != sorted(set(names)) or text.startswith("__") or '",__' in text:
         return None
     return dict(zip(names, parts[1::2], strict=True))
 
