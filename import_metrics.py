@@ -109,7 +109,7 @@ def run_import(args: argparse.Namespace) -> int:
     say(f"[1/4] Loading metrics from {args.input}...")
     loaded = metrics_file.read_document(args.input)
     imported = import_plan.validate(loaded.document)
-    count = len(import_plan.metric_names(imported))
+    count = import_plan.count_metrics(imported)
     if count == 0:
         raise UsageError(f"{args.input} holds no metrics; nothing to import")
     say(f"   ✓ Loaded {count} metric entries")
@@ -122,7 +122,7 @@ def run_import(args: argparse.Namespace) -> int:
         if current is None:
             say("   \u2139  No existing metrics in MongoDB (will create new)")
         else:
-            existing = len(import_plan.metric_names(current))
+            existing = import_plan.count_metrics(current)
             say(f"   ✓ Found {existing} existing metrics")
         say()
         say("[3/4] Planning import operation...")
@@ -276,8 +276,8 @@ def confirm_replace(plan: Plan, args: argparse.Namespace) -> None:
             "--replace deletes every existing metric; with no terminal to confirm "
             "on, pass --yes"
         )
-    removed = len(import_plan.metric_names(plan.current))
-    written = len(import_plan.metric_names(plan.imported))
+    removed = import_plan.count_metrics(plan.current)
+    written = import_plan.count_metrics(plan.imported)
     # The question goes to stderr so that stdout holds only the report or JSON.
     print(
         f"This deletes all {removed} current metrics and writes {written} from "
@@ -344,9 +344,9 @@ def show_result(say: Report, plan: Plan, after: dict[str, Any]) -> None:
     say(RULE)
     say()
     say("Replaced metrics:" if plan.mode == REPLACE else "Merged metrics:")
-    say(f"  Previous: {len(import_plan.metric_names(plan.current))}")
-    say(f"  Imported: {len(import_plan.metric_names(plan.imported))}")
-    say(f"  Final: {len(import_plan.metric_names(after))}")
+    say(f"  Previous: {import_plan.count_metrics(plan.current)}")
+    say(f"  Imported: {import_plan.count_metrics(plan.imported)}")
+    say(f"  Final: {import_plan.count_metrics(after)}")
 
 
 if __name__ == "__main__":

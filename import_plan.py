@@ -62,9 +62,9 @@ class Plan:
         return {
             "mode": self.mode,
             "strategy": self.strategy if self.mode == MERGE else None,
-            "current": len(metric_names(self.current)),
-            "imported": len(metric_names(self.imported)),
-            "final": len(metric_names(self.final)),
+            "current": count_metrics(self.current),
+            "imported": count_metrics(self.imported),
+            "final": count_metrics(self.final),
             "added": len(self.added),
             "updated": len(self.updated),
             "unchanged": len(self.unchanged),
@@ -79,6 +79,11 @@ class Plan:
 
 def metric_names(document: Mapping[str, Any]) -> list[str]:
     return [key for key in document if key not in metric_keys.BOOKKEEPING_KEYS]
+
+
+def count_metrics(document: Mapping[str, Any]) -> int:
+    """Count the metric keys without listing them."""
+    return len(document) - sum(key in document for key in metric_keys.BOOKKEEPING_KEYS)
 
 
 def to_plain(value: Any) -> Any:
