@@ -1,20 +1,20 @@
-"""Turn the metrics document into Prometheus families and expositions.
+"""Turn the metrics document into typed Prometheus families.
 
-The document is read as a whole and each stored key becomes exactly one
-sample under its stored name and labels.  Keys that cannot be served are
-set aside with a reason instead of breaking the rest of the exposition.
+Each stored key becomes exactly one sample under its stored name and labels.
+Keys that cannot be served are set aside with a reason instead of breaking
+the rest of the exposition.  Successive documents are built incrementally:
+a key keeps its parsed name and sample line while its value stays the same.
 """
 
 from __future__ import annotations
 
-import gzip
+import gc
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bson.decimal128 import Decimal128
-from prometheus_client.metrics_core import Metric
 
 import metric_keys
 from metric_keys import InvalidKey
@@ -30,9 +30,6 @@ BAD_COUNTER_VALUE = "bad_counter_value"
 COLLISION = "collision"
 SKIP_REASONS = (INVALID_KEY, NON_NUMERIC, BAD_COUNTER_VALUE, COLLISION)
 
-TEXT = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
 
 @dataclass(frozen=True)
 class Skipped:
@@ -43,14 +40,20 @@ class Skipped:
     detail: str
 
 
-@dataclass
+@dataclass(eq=False)
 class Family:
-    """The samples of one metric name, typed for the exposition."""
+    """The samples of one metric name, typed for the exposition.
+
+    keys[i] is the stored key whose sample line is lines[i].  chunks caches
+    the family rendered in each format; a family is never changed once built.
+    """
 
     name: str
     kind: str
     help: str
     lines: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    chunks: dict[str, str] = field(default_factory=dict, repr=False)
 
     def openmetrics_name(self) -> str:
         """Return the family name OpenMetrics uses: a counter drops its _total."""
@@ -114,37 +117,6 @@ class Entry:
     negative_or_nan: bool = False
 
 
-class Memo:
-    """Remember what each key became at the last read.
-
-    Parsing and formatting are the costly part of a read, and between two
-    reads most keys keep their value; those are reused as they were.  Keys
-    gone from the document are forgotten.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[str, Entry] = {}
-
-    def entries(self, document: Mapping[str, Any]) -> dict[str, Entry]:
-        """Return the entry of every stored key of the document."""
-        previous = self._entries
-        current = {}
-        bookkeeping = metric_keys.BOOKKEEPING_KEYS
-        for key, value in document.items():
-            if key in bookkeeping:
-                continue
-            entry = previous.get(key)
-            if (
-                entry is None
-                or entry.value != value
-                or type(entry.value) is not type(value)
-            ):
-                entry = make_entry(key, value, entry)
-            current[key] = entry
-        self._entries = current
-        return current
-
-
 def make_entry(key: str, value: Any, before: Entry | None = None) -> Entry:
     """Parse a key (unless before already did) and format its value."""
     if before is not None:
@@ -171,11 +143,14 @@ class Build:
 
     families: list[Family]
     skipped: list[Skipped]
-    _rendered: dict[str, bytes] = field(default_factory=dict)
+    # Where each served key's line is: (index in families, index in lines).
+    placement: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The families rendered, by format; filled by the exposition module.
+    rendered: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def series(self) -> int:
-        return sum(len(family.lines) for family in self.families)
+        return len(self.placement)
 
     def skipped_by_reason(self) -> dict[str, int]:
         counts = dict.fromkeys(SKIP_REASONS, 0)
@@ -183,35 +158,104 @@ class Build:
             counts[item.reason] += 1
         return counts
 
-    def rendered(self, content_type: str) -> bytes:
-        """Return the families in one format, rendered once per build."""
-        if content_type not in self._rendered:
-            render = render_text if content_type == TEXT else render_openmetrics
-            self._rendered[content_type] = render(self.families).encode("utf-8")
-        return self._rendered[content_type]
 
-    def compressed(self, content_type: str) -> bytes:
-        """Return rendered(content_type) as a gzip member, compressed once."""
-        key = "gzip " + content_type
-        if key not in self._rendered:
-            data = self.rendered(content_type)
-            self._rendered[key] = gzip.compress(data, compresslevel=1)
-        return self._rendered[key]
+class Builder:
+    """Build the families of successive documents, redoing only what changed.
 
-
-def build_families(
-    document: Mapping[str, Any],
-    memo: Memo,
-    reserved: Iterable[str] = (),
-) -> Build:
-    """Group the stored keys into families, setting aside those that cannot be served.
-
-    reserved holds names already taken (the exporter's own metrics).
+    When a new document holds the same keys and only values of served keys
+    changed, the last build is copied with those lines replaced; anything
+    else (keys added or removed, a key becoming unservable) builds afresh.
     """
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self.reserved = frozenset(reserved)
+        self._entries: dict[str, Entry] = {}
+        self._last: Build | None = None
+
+    def build(self, document: Mapping[str, Any]) -> Build:
+        # Building allocates an object or more per key; with 100,000 keys
+        # the cyclic collector would run many times over all of them.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._build(document)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _build(self, document: Mapping[str, Any]) -> Build:
+        previous = self._entries
+        entries: dict[str, Entry] = {}
+        changed = []
+        bookkeeping = metric_keys.BOOKKEEPING_KEYS
+        for key, value in document.items():
+            if key in bookkeeping:
+                continue
+            entry = previous.get(key)
+            if (
+                entry is None
+                or entry.value != value
+                or type(entry.value) is not type(value)
+            ):
+                entry = make_entry(key, value, entry)
+                changed.append(key)
+            entries[key] = entry
+        self._entries = entries
+        same_keys = len(entries) == len(previous) and all(
+            key in previous for key in changed
+        )
+        build = None
+        if self._last is not None and same_keys:
+            build = _patched(self._last, entries, changed)
+        if build is None:
+            build = _full_build(entries, self.reserved)
+        self._last = build
+        return build
+
+
+def build_families(document: Mapping[str, Any], reserved: Iterable[str] = ()) -> Build:
+    """Build the families of one document from scratch."""
+    return Builder(reserved).build(document)
+
+
+def _patched(
+    last: Build, entries: dict[str, Entry], changed: list[str]
+) -> Build | None:
+    """Copy last with new lines for changed keys, or None if that is not enough."""
+    families = list(last.families)
+    copies: dict[int, Family] = {}
+    for key in changed:
+        where = last.placement.get(key)
+        entry = entries[key]
+        if where is None or entry.reason:
+            return None
+        family_at, line_at = where
+        family = copies.get(family_at)
+        if family is None:
+            original = families[family_at]
+            if original.kind == COUNTER and entry.negative_or_nan:
+                return None
+            family = Family(
+                original.name,
+                original.kind,
+                original.help,
+                list(original.lines),
+                original.keys,
+            )
+            copies[family_at] = family
+        elif family.kind == COUNTER and entry.negative_or_nan:
+            return None
+        family.lines[line_at] = entry.line
+    for family_at, family in copies.items():
+        families[family_at] = family
+    return Build(families, last.skipped, last.placement)
+
+
+def _full_build(entries: dict[str, Entry], reserved: frozenset[str]) -> Build:
     skipped: list[Skipped] = []
     grouped: dict[str, list[tuple[str, Entry]]] = {}
     labeled_names: set[str] = set()
-    for key, entry in memo.entries(document).items():
+    for key, entry in entries.items():
         if entry.reason:
             skipped.append(Skipped(key, entry.reason, entry.detail))
             continue
@@ -220,14 +264,16 @@ def build_families(
             labeled_names.add(entry.name)
 
     families = []
-    for name, entries in grouped.items():
+    for name, members in grouped.items():
+        help_text = f"TAO metric {name} read from MongoDB"
         if name not in labeled_names:
-            lines = [entry.line for _, entry in entries]
-            families.append(Family(name, GAUGE, _help(name), lines))
+            lines = [entry.line for _, entry in members]
+            keys = [key for key, _ in members]
+            families.append(Family(name, GAUGE, help_text, lines, keys))
             continue
         kind = kind_for(name, True)
-        family = Family(name, kind, _help(name))
-        for key, entry in entries:
+        family = Family(name, kind, help_text)
+        for key, entry in members:
             if kind != GAUGE and not entry.labeled:
                 detail = (
                     f"flat key has the name of the labeled {kind} family {name}; "
@@ -239,18 +285,20 @@ def build_families(
                 skipped.append(Skipped(key, BAD_COUNTER_VALUE, detail))
             else:
                 family.lines.append(entry.line)
+                family.keys.append(key)
         families.append(family)
-    kept = _drop_collisions(families, set(reserved), labeled_names, skipped)
-    return Build(kept, skipped)
-
-
-def _help(name: str) -> str:
-    return f"TAO metric {name} read from MongoDB"
+    kept = _drop_collisions(families, reserved, labeled_names, skipped)
+    placement = {
+        key: (family_at, line_at)
+        for family_at, family in enumerate(kept)
+        for line_at, key in enumerate(family.keys)
+    }
+    return Build(kept, skipped, placement)
 
 
 def _drop_collisions(
     families: list[Family],
-    taken: set[str],
+    taken: Iterable[str],
     labeled_names: set[str],
     skipped: list[Skipped],
 ) -> list[Family]:
@@ -268,79 +316,19 @@ def _drop_collisions(
     owners = dict.fromkeys(taken, "the exporter's own metrics")
     kept = []
     for family in sorted(families, key=rank):
-        claims = family.claimed_names()
-        clash = sorted(claims & owners.keys())
+        if family.kind == COUNTER:
+            claims = family.claimed_names()
+            clash = sorted(claims & owners.keys())
+        else:
+            claims = {family.name}
+            clash = [family.name] if family.name in owners else []
         if clash:
             detail = f"name {clash[0]} is already served by {owners[clash[0]]}"
-            for line in family.lines:
-                skipped.append(Skipped(line.rsplit(" ", 1)[0], COLLISION, detail))
+            skipped.extend(Skipped(key, COLLISION, detail) for key in family.keys)
             continue
         if not family.lines:
             continue
-        owners.update(dict.fromkeys(claims, f"family {family.name}"))
+        for claim in claims:
+            owners[claim] = f"family {family.name}"
         kept.append(family)
     return kept
-
-
-def render_text(families: Iterable[Family]) -> str:
-    """Write families in the Prometheus text format, version 0.0.4."""
-    parts = []
-    for family in families:
-        parts.append(f"# HELP {family.name} {family.help}\n")
-        parts.append(f"# TYPE {family.name} {family.kind}\n")
-        parts.extend(family.lines)
-    return "".join(parts)
-
-
-def render_openmetrics(families: Iterable[Family]) -> str:
-    """Write families in OpenMetrics 1.0, without the closing # EOF line."""
-    parts = []
-    for family in families:
-        name = family.openmetrics_name()
-        kind = "unknown" if family.kind == UNTYPED else family.kind
-        parts.append(f"# TYPE {name} {kind}\n")
-        parts.append(f"# HELP {name} {family.help}\n")
-        parts.extend(family.lines)
-    return "".join(parts)
-
-
-def to_metrics(families: Iterable[Family]) -> Iterator[Metric]:
-    """Build prometheus_client Metric objects holding the same samples."""
-    for family in families:
-        kind = "unknown" if family.kind == UNTYPED else family.kind
-        metric = Metric(family.openmetrics_name(), family.help, kind)
-        for line in family.lines:
-            key, text = line[:-1].rsplit(" ", 1)
-            name, labels = metric_keys.parse_key(key)
-            metric.add_sample(name, labels, float(text))
-        yield metric
-
-
-class Exposition:
-    """The response bodies of one snapshot: own metrics, then the stored ones.
-
-    Each body is a list of byte strings.  The stored part is rendered and
-    compressed once per build, and a build is reused for as long as the
-    document does not change; compressed bodies are gzip members, which
-    clients read as one stream.
-    """
-
-    def __init__(self, own: list[Family], build: Build | None) -> None:
-        self._own = {
-            TEXT: render_text(own).encode("utf-8"),
-            OPENMETRICS: render_openmetrics(own).encode("utf-8"),
-        }
-        self._build = build
-
-    def body(self, content_type: str, compressed: bool = False) -> list[bytes]:
-        parts = [self._own[content_type]]
-        if self._build is not None:
-            parts.append(self._build.rendered(content_type))
-        if content_type == OPENMETRICS:
-            parts.append(b"# EOF\n")
-        if not compressed:
-            return parts
-        own = gzip.compress(b"".join(parts[:1]), compresslevel=1)
-        stored = self._build.compressed(content_type) if self._build else b""
-        tail = gzip.compress(b"# EOF\n") if content_type == OPENMETRICS else b""
-        return [own, stored, tail]

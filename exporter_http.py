@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from collector import OPENMETRICS, TEXT
+from exposition import OPENMETRICS, TEXT
 from snapshots import DocumentCollector
 
 log = logging.getLogger("exporter")

@@ -23,7 +23,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 import collector
-from collector import GAUGE, Build, Exposition, Family, Memo
+import exposition
+from collector import GAUGE, Build, Builder, Family
+from exposition import Exposition
 from mongo_store import MAX_DOCUMENT_BYTES, MetricsStore, StoreError
 
 log = logging.getLogger("exporter")
@@ -136,7 +138,7 @@ class Snapshot:
 
     @property
     def families(self) -> list[Family]:
-        return self.own + (self.build.families if self.build else [])
+        return (self.build.families if self.build else []) + self.own
 
 
 class DocumentCollector(Collector):
@@ -156,7 +158,7 @@ class DocumentCollector(Collector):
         self._clock = clock
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
-        self._memo = Memo()
+        self._builder = Builder(SELF_METRICS)
         # The BSON of the last document built, its build and last_updated.
         self._built: tuple[bytes, Build, float | None] | None = None
         self._logged_skips: dict[str, str] = {}
@@ -167,7 +169,7 @@ class DocumentCollector(Collector):
         return [Metric(name, text, "gauge") for name, text in SELF_METRICS.items()]
 
     def collect(self) -> Iterator[Metric]:
-        yield from collector.to_metrics(self.snapshot().families)
+        yield from exposition.to_metrics(self.snapshot().families)
 
     def snapshot(self) -> Snapshot:
         """Return the response for now: cached, or built from a fresh read."""
@@ -211,7 +213,7 @@ class DocumentCollector(Collector):
         assert self._store is not None
         options = self._store.collection.codec_options
         document = bson.decode(raw, codec_options=options)
-        build = collector.build_families(document, self._memo, SELF_METRICS)
+        build = self._builder.build(document)
         last_updated = unix_time(document.get("last_updated"))
         self._log_new_skips(build)
         self._built = (raw, build, last_updated)

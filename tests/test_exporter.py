@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 import collector
+import exposition
 import metric_keys
 import snapshots
 from collector import (
@@ -37,7 +39,6 @@ from collector import (
     COLLISION,
     INVALID_KEY,
     NON_NUMERIC,
-    Memo,
 )
 from metric_keys import format_key
 from mongo_store import Location, MetricsStore
@@ -128,8 +129,16 @@ def own_samples(text: str) -> dict[tuple, float]:
     }
 
 
+def text_of(build: collector.Build) -> str:
+    return exposition.render(build.families, exposition.TEXT)
+
+
+def openmetrics_of(build: collector.Build) -> str:
+    return exposition.render(build.families, exposition.OPENMETRICS) + "# EOF\n"
+
+
 def body_text(snapshot: snapshots.Snapshot) -> str:
-    return b"".join(snapshot.exposition.body(collector.TEXT)).decode()
+    return b"".join(snapshot.exposition.body(exposition.TEXT)).decode()
 
 
 def family_types(families: Any) -> dict[str, str]:
@@ -150,9 +159,9 @@ def same_values(left: Mapping[tuple, float], right: Mapping[tuple, float]) -> bo
 
 def test_every_key_becomes_one_sample_under_its_stored_name() -> None:
     document = sample_document()
-    build = collector.build_families(document, Memo())
-    text = collector.render_text(build.families)
-    openmetrics = collector.render_openmetrics(build.families) + "# EOF\n"
+    build = collector.build_families(document)
+    text = text_of(build)
+    openmetrics = openmetrics_of(build)
 
     assert build.skipped == []
     assert served_samples(parse_text(text)) == expected_samples(document)
@@ -160,9 +169,9 @@ def test_every_key_becomes_one_sample_under_its_stored_name() -> None:
 
 
 def test_families_are_typed_by_name() -> None:
-    build = collector.build_families(sample_document(), Memo())
-    text_types = family_types(parse_text(collector.render_text(build.families)))
-    openmetrics = collector.render_openmetrics(build.families) + "# EOF\n"
+    build = collector.build_families(sample_document())
+    text_types = family_types(parse_text(text_of(build)))
+    openmetrics = openmetrics_of(build)
     openmetrics_types = family_types(parse_openmetrics(openmetrics))
 
     for types in (text_types, openmetrics_types):
@@ -205,7 +214,7 @@ def test_unservable_keys_are_skipped_with_a_reason() -> None:
         format_key("tao_queue", OLD_JOB): -2,
         "fine": 3,
     }
-    build = collector.build_families(document, Memo(), snapshots.SELF_METRICS)
+    build = collector.build_families(document, snapshots.SELF_METRICS)
     reasons = {item.key: item.reason for item in build.skipped}
 
     assert reasons == {
@@ -220,7 +229,7 @@ def test_unservable_keys_are_skipped_with_a_reason() -> None:
         format_key("tao_job_total", OLD_JOB): BAD_COUNTER_VALUE,
         format_key("tao_job_total", ODD_LABELS): BAD_COUNTER_VALUE,
     }
-    served = served_samples(parse_text(collector.render_text(build.families)))
+    served = served_samples(parse_text(text_of(build)))
     kept = {counter: 5, format_key("tao_queue", OLD_JOB): -2, "fine": 3}
     assert served == expected_samples(kept)
     assert build.skipped_by_reason() == {
@@ -233,8 +242,8 @@ def test_unservable_keys_are_skipped_with_a_reason() -> None:
 
 def test_a_gauge_may_mix_flat_and_labeled_keys() -> None:
     document = {"tao_queue": 1, 'tao_queue{tao_action="train"}': 2}
-    build = collector.build_families(document, Memo())
-    families = list(parse_text(collector.render_text(build.families)))
+    build = collector.build_families(document)
+    families = list(parse_text(text_of(build)))
 
     assert build.skipped == []
     assert family_types(families) == {"tao_queue": "gauge"}
@@ -243,8 +252,8 @@ def test_a_gauge_may_mix_flat_and_labeled_keys() -> None:
 
 def test_collisions_resolve_the_same_whatever_the_document_order() -> None:
     document = {"tao_job": 1, format_key("tao_job_total", OLD_JOB): 2, "x_total": 3}
-    forward = collector.build_families(document, Memo())
-    backward = collector.build_families(dict(reversed(document.items())), Memo())
+    forward = collector.build_families(document)
+    backward = collector.build_families(dict(reversed(document.items())))
 
     assert [item.key for item in forward.skipped] == ["tao_job"]
     assert [item.key for item in backward.skipped] == ["tao_job"]
@@ -272,7 +281,7 @@ def test_exposition_round_trips_through_both_parsers(samples: dict) -> None:
         format_key(name, dict(labels)): value
         for (name, labels), value in samples.items()
     }
-    build = collector.build_families(document, Memo())
+    build = collector.build_families(document)
     # Only flat keys under a counter's name and negative counters are refused.
     refused = {item.key for item in build.skipped}
     for key in refused:
@@ -281,11 +290,57 @@ def test_exposition_round_trips_through_both_parsers(samples: dict) -> None:
     expected = expected_samples(
         {key: value for key, value in document.items() if key not in refused}
     )
-    text = collector.render_text(build.families)
-    openmetrics = collector.render_openmetrics(build.families) + "# EOF\n"
+    text = text_of(build)
+    openmetrics = openmetrics_of(build)
 
     assert same_values(served_samples(parse_text(text)), expected)
     assert same_values(served_samples(parse_openmetrics(openmetrics)), expected)
+
+
+edits = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "delete"]),
+        st.sampled_from(
+            [
+                format_key("tao_job_total", NEW_JOB),
+                format_key("tao_job_total", OLD_JOB),
+                format_key("tao_job_duration_sum", OLD_JOB),
+                "tao_job_total",
+                "total_action_train_pass",
+                "tao_job",
+                "bad{",
+            ]
+        ),
+        st.one_of(stored_values, st.just("text"), st.just(-1)),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(edits, min_size=1, max_size=4))
+def test_building_on_the_last_build_equals_building_afresh(rounds: list) -> None:
+    document = sample_document()
+    builder = collector.Builder(snapshots.SELF_METRICS)
+    builder.build(document)
+    for round_of_edits in rounds:
+        for action, key, value in round_of_edits:
+            if action == "set":
+                document[key] = value
+            else:
+                document.pop(key, None)
+        again = builder.build(document)
+        fresh = collector.build_families(document, snapshots.SELF_METRICS)
+        # The same lines, though a key deleted and stored again may move.
+        for render in (text_of, openmetrics_of):
+            assert sorted(render(again).splitlines()) == sorted(
+                render(fresh).splitlines()
+            )
+        assert served_samples(parse_openmetrics(openmetrics_of(again))) == (
+            served_samples(parse_openmetrics(openmetrics_of(fresh)))
+        )
+        assert set(again.skipped) == set(fresh.skipped)
+        assert again.placement.keys() == fresh.placement.keys()
 
 
 class Stores:
@@ -329,13 +384,13 @@ def test_library_exposition_matches_our_own(mongo_uri: str, location: Location) 
     documents = DocumentCollector(Stores(mongo_uri, location), 60, 2)
     registry = CollectorRegistry()
     registry.register(documents)
-    exposition = documents.snapshot().exposition
+    bodies = documents.snapshot().exposition
 
-    ours = b"".join(exposition.body(collector.TEXT)).decode()
+    ours = b"".join(bodies.body(exposition.TEXT)).decode()
     library = generate_latest(registry).decode()
     assert list(parse_text(ours)) == list(parse_text(library))
     assert served_samples(parse_text(ours)) == expected_samples(document)
-    ours = b"".join(exposition.body(collector.OPENMETRICS)).decode()
+    ours = b"".join(bodies.body(exposition.OPENMETRICS)).decode()
     library = openmetrics_exposition.generate_latest(registry).decode()
     assert list(parse_openmetrics(ours)) == list(parse_openmetrics(library))
 
@@ -531,8 +586,6 @@ def test_metrics_match_the_document_in_both_formats(
 def test_gzip_is_served_when_asked(
     mongo_uri: str, location: Location, run_exporter: Any
 ) -> None:
-    import gzip
-
     with MetricsStore(mongo_uri, location) as store:
         store.replace(sample_document())
     exporter = run_exporter(*db_args(mongo_uri, location))
@@ -541,9 +594,14 @@ def test_gzip_is_served_when_asked(
     )
     with urllib.request.urlopen(request, timeout=15) as response:
         assert response.headers["Content-Encoding"] == "gzip"
-        body = gzip.decompress(response.read()).decode()
-
+        compressed = response.read()
+    # One gzip stream, which every client reads whole.
+    stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    body = stream.decompress(compressed).decode()
+    assert stream.eof
+    assert stream.unused_data == b""
     assert body == exporter.metrics()
+    assert served_samples(parse_text(body)) == expected_samples(sample_document())
 
 
 def test_promtool_finds_nothing_wrong(
