@@ -208,7 +208,7 @@ class Builder:
         if self._last is not None and same_keys:
             build = _patched(self._last, entries, changed)
         if build is None:
-            build = _full_build(entries, self.reserved)
+            build = _full_build(entries, self.reserved, self._last)
         self._last = build
         return build
 
@@ -251,7 +251,11 @@ def _patched(
     return Build(families, last.skipped, last.placement)
 
 
-def _full_build(entries: dict[str, Entry], reserved: frozenset[str]) -> Build:
+def _full_build(
+    entries: dict[str, Entry], reserved: frozenset[str], last: Build | None = None
+) -> Build:
+    """Group entries into families, reusing each family of last left as it was."""
+    before = {family.name: family for family in last.families} if last else {}
     skipped: list[Skipped] = []
     grouped: dict[str, list[tuple[str, Entry]]] = {}
     labeled_names: set[str] = set()
@@ -268,8 +272,11 @@ def _full_build(entries: dict[str, Entry], reserved: frozenset[str]) -> Build:
         help_text = f"TAO metric {name} read from MongoDB"
         if name not in labeled_names:
             lines = [entry.line for _, entry in members]
-            keys = [key for key, _ in members]
-            families.append(Family(name, GAUGE, help_text, lines, keys))
+            family = before.get(name)
+            if family is None or family.kind != GAUGE or family.lines != lines:
+                keys = [key for key, _ in members]
+                family = Family(name, GAUGE, help_text, lines, keys)
+            families.append(family)
             continue
         kind = kind_for(name, True)
         family = Family(name, kind, help_text)
@@ -286,6 +293,9 @@ def _full_build(entries: dict[str, Entry], reserved: frozenset[str]) -> Build:
             else:
                 family.lines.append(entry.line)
                 family.keys.append(key)
+        unchanged = before.get(name)
+        if unchanged and unchanged.kind == kind and unchanged.lines == family.lines:
+            family = unchanged
         families.append(family)
     kept = _drop_collisions(families, reserved, labeled_names, skipped)
     placement = {
