@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator, Mapping
@@ -43,6 +44,7 @@ from collector import (
 from metric_keys import format_key
 from mongo_store import Location, MetricsStore
 from snapshots import DocumentCollector
+from tests.proxy import Fault, Proxy
 from tests.servers import (
     REPO,
     PrometheusServer,
@@ -683,6 +685,37 @@ def test_survives_mongodb_stopping_and_restarting(
         server.stop()
     assert exporter.stop() == 0
     assert exporter.output.count("mongodb unreachable") == 1, exporter.output
+
+
+def test_a_hung_mongodb_is_reported_within_the_timeout(
+    mongo_uri: str, location: Location, run_exporter: Any
+) -> None:
+    document = sample_document()
+    with MetricsStore(mongo_uri, location) as store:
+        store.replace(document)
+    upstream = urllib.parse.urlsplit(mongo_uri).port
+    assert upstream is not None
+    # The first find is held without an answer, as by an overloaded server.
+    fault = Fault(command="find", hold=True)
+    with Proxy(upstream, fault) as proxy:
+        args = db_args(proxy.uri, location, "--timeout", "1", "--cache-seconds", "1")
+        exporter = run_exporter(*args)
+        started = time.monotonic()
+        text = exporter.metrics()
+
+        assert time.monotonic() - started < 5
+        assert fault.seen.is_set()
+        assert own_samples(text)[snapshots.UP, frozenset()] == 0
+        assert served_samples(parse_text(text)) == {}
+        fault.release.set()
+        wait_until(
+            lambda: (
+                served_samples(parse_text(exporter.metrics()))
+                == expected_samples(document)
+            ),
+            30,
+            "the exporter to read through the proxy again",
+        )
 
 
 def test_a_missing_document_serves_only_own_metrics(
