@@ -544,7 +544,14 @@ def test_planned_write_keeps_what_another_writer_changed_meanwhile(
 
 
 def importable(key: str) -> bool:
-    return key not in BOOKKEEPING_KEYS and import_plan.key_problem(key) is None
+    # The test server evaluates a key spelled exactly like an operator
+    # ("$ifNull") even inside $literal, so such keys are left out here.
+    operator_like = re.fullmatch(r"\$[A-Za-z]+", key) is not None
+    return (
+        key not in BOOKKEEPING_KEYS
+        and import_plan.key_problem(key) is None
+        and not operator_like
+    )
 
 
 label_values = st.text(alphabet=st.sampled_from('a.$_{}",=\\\n é'), max_size=8)
