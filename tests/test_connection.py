@@ -163,10 +163,11 @@ def test_help_names_every_environment_variable_read(script: str) -> None:
         assert option in result.stdout
 
 
-def test_version_is_printed() -> None:
-    result = run_script("import_metrics.py", "--version")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_version_is_printed(script: str) -> None:
+    result = run_script(script, "--version")
     assert result.returncode == 0
-    assert re.fullmatch(r"import_metrics\.py \d+\.\d+\.\d+\n", result.stdout)
+    assert re.fullmatch(rf"{re.escape(script)} \d+\.\d+\.\d+\n", result.stdout)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -22,6 +22,8 @@ from bson.int64 import Int64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import export_metrics
+import import_metrics
 import import_plan
 import metrics_file
 from metric_keys import BOOKKEEPING_KEYS, format_key
@@ -432,8 +434,6 @@ TRUNCATED = metrics_file.dumps_document(rich_document(), pretty=True)[:-40]
 def test_bad_input_is_one_line_and_touches_nothing(
     content, problem, mongo_client, target, target_args, tmp_path: Path, capsys
 ) -> None:
-    import import_metrics
-
     path = tmp_path / "bad.json"
     if content is not None:
         path.write_text(content)
@@ -582,9 +582,6 @@ metric_values = st.one_of(
 def test_any_document_survives_export_and_import(
     metrics, mongo_uri, mongo_client, tmp_path_factory, capsys
 ) -> None:
-    import export_metrics
-    import import_metrics
-
     old, new = (Location(db=f"rt_{uuid.uuid4().hex[:10]}") for _ in range(2))
     path = str(tmp_path_factory.mktemp("round_trip") / "backup.json")
     try:
