@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 import sys
@@ -265,15 +266,19 @@ class _JsonProblem(Exception):
 
 
 def _object_pairs(pairs: list[tuple[str, Any]]) -> Any:
-    seen = set()
-    duplicates = []
-    for key, _ in pairs:
-        if key in seen:
-            duplicates.append(key)
-        seen.add(key)
-    if duplicates:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen = set()
+        duplicates = []
+        for key, _ in pairs:
+            if key in seen:
+                duplicates.append(key)
+            seen.add(key)
         shown = ", ".join(repr(key) for key in duplicates[:5])
         raise _JsonProblem(f"duplicate keys: {shown}")
+    # Only an object with a $-key can be Extended JSON; skip the slow hook else.
+    if not any(map(_STARTS_WITH_DOLLAR, document)):
+        return document
     try:
         return json_util.object_pairs_hook(pairs, _RELAXED)
     # The Extended JSON decoder raises many types (KeyError, InvalidId,
@@ -284,6 +289,9 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> Any:
             detail = "not a decimal number"
         shown = json.dumps(dict(pairs), default=repr)[:80]
         raise _JsonProblem(f"invalid Extended JSON value {shown}: {detail}") from None
+
+
+_STARTS_WITH_DOLLAR = operator.methodcaller("startswith", "$")
 
 
 def _reject_constant(name: str) -> Any:
