@@ -64,7 +64,3 @@ def stored_rich_document() -> dict[str, Any]:
     """Return the rich document with an _id and name, as the server hands it back."""
     document = {"_id": bson.ObjectId(), "name": "metrics", **rich_document()}
     return bson.decode(bson.encode(document))
-
-
-def ids_of(collection: Any) -> list[Any]:
-    return [document["_id"] for document in collection.find({}, {"_id": 1})]
