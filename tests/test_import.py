@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gzip
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import bson
 import pytest
+from bson import json_util
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 from hypothesis import HealthCheck, given, settings
@@ -657,3 +659,21 @@ def typed_values(document: dict) -> dict[str, tuple[str, str]]:
         for key, value in document.items()
         if key not in BOOKKEEPING_KEYS
     }
+
+
+def test_reads_mongoexport_output(
+    mongo_uri, mongo_client, location, target, target_args, tmp_path: Path
+) -> None:
+    store(mongo_uri, location, rich_document())
+    source = mongo_client[location.db]["metrics"].find_one()
+    # mongoexport writes one canonical Extended JSON document per line.
+    line = json_util.dumps(
+        source, json_options=json_util.CANONICAL_JSON_OPTIONS, separators=(",", ":")
+    )
+    path = tmp_path / "metrics.json.gz"
+    path.write_bytes(gzip.compress(line.encode() + b"\n"))
+
+    result = import_(*target_args, "--input", str(path))
+
+    assert_succeeded(result)
+    assert_identical(mongo_client[target.db]["metrics"].find_one(), source)
