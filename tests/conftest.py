@@ -81,3 +81,17 @@ def run_script(
 def connection_args(mongo_uri: str, location: Location) -> list[str]:
     """The flags that point a script at this test's database."""
     return ["--uri", mongo_uri, "--db", location.db, "--timeout", "5"]
+
+
+@pytest.fixture
+def target(mongo_client, location: Location) -> Iterator[Location]:
+    """A second fresh database beside `location`: the new server's."""
+    new = Location(db=location.db + "_new")
+    yield new
+    mongo_client.drop_database(new.db)
+
+
+@pytest.fixture
+def target_args(mongo_uri: str, target: Location) -> list[str]:
+    """The flags that point a script at the second database."""
+    return ["--uri", mongo_uri, "--db", target.db, "--timeout", "5"]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import bson
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
-from mongo_store import Location, MetricsStore
+import metrics_file
+from mongo_store import HISTORY_COLLECTION_SUFFIX, Location, MetricsStore
+from tests.conftest import run_script
 
 LABELED_KEY = 'tao_job_total{tao_action="train",tao_network="resnet50"}'
 # Label values may hold "." and "$", which MongoDB reads as paths and operators.
@@ -64,3 +68,43 @@ def stored_rich_document() -> dict[str, Any]:
     """Return the rich document with an _id and name, as the server hands it back."""
     document = {"_id": bson.ObjectId(), "name": "metrics", **rich_document()}
     return bson.decode(bson.encode(document))
+
+
+def write(path: Path, document: dict) -> str:
+    """Write a backup file with its checksum; return its path."""
+    metrics_file.write_document(str(path), document)
+    return str(path)
+
+
+def import_(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run import_metrics.py as an operator would."""
+    return run_script("import_metrics.py", *args, **kwargs)
+
+
+def assert_succeeded(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """Assert the one-line refusal a user must see, and return it."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    for word in words:
+        assert word in result.stderr
+    return result.stderr
+
+
+def database_state(client, db: str) -> dict[str, list[bytes]]:
+    """Every document of every collection of a database, as raw BSON."""
+    database = client[db]
+    return {
+        name: sorted(bson.encode(doc) for doc in database[name].find())
+        for name in database.list_collection_names()
+    }
+
+
+def history(client, location: Location) -> list[dict]:
+    """Return the import history of a location, oldest first."""
+    name = location.collection + HISTORY_COLLECTION_SUFFIX
+    return list(client[location.db][name].find().sort("time", 1))

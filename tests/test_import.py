@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import bson
@@ -29,63 +28,24 @@ import import_metrics
 import import_plan
 import metrics_file
 from metric_keys import BOOKKEEPING_KEYS, format_key
-from mongo_store import HISTORY_COLLECTION_SUFFIX, Location, MetricsStore
+from mongo_store import Location
 from tests.conftest import run_script
-from tests.helpers import assert_identical, rich_document, store, without_id
+from tests.helpers import (
+    assert_identical,
+    assert_refused,
+    assert_succeeded,
+    database_state,
+    history,
+    import_,
+    rich_document,
+    store,
+    without_id,
+    write,
+)
 from tests.servers import REPO
 
 RULE = "=" * 80
 EARLY = datetime.datetime(2024, 1, 1, 12, 0)
-
-
-@pytest.fixture
-def target(mongo_client, location: Location) -> Iterator[Location]:
-    """The new server's database, beside the old one in `location`."""
-    new = Location(db=location.db + "_new")
-    yield new
-    mongo_client.drop_database(new.db)
-
-
-@pytest.fixture
-def target_args(mongo_uri: str, target: Location) -> list[str]:
-    return ["--uri", mongo_uri, "--db", target.db, "--timeout", "5"]
-
-
-def write(path: Path, document: dict) -> str:
-    metrics_file.write_document(str(path), document)
-    return str(path)
-
-
-def import_(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    return run_script("import_metrics.py", *args, **kwargs)
-
-
-def assert_succeeded(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    """Assert the one-line refusal a user must see, and return it."""
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    for word in words:
-        assert word in result.stderr
-    return result.stderr
-
-
-def database_state(client, db: str) -> dict[str, list[bytes]]:
-    """Every document of every collection of a database, as raw BSON."""
-    database = client[db]
-    return {
-        name: sorted(bson.encode(doc) for doc in database[name].find())
-        for name in database.list_collection_names()
-    }
-
-
-def history(client, location: Location) -> list[dict]:
-    name = location.collection + HISTORY_COLLECTION_SUFFIX
-    return list(client[location.db][name].find().sort("time", 1))
 
 
 @pytest.mark.parametrize("stamp", ["date", "iso string"])
@@ -449,102 +409,6 @@ def test_bad_input_is_one_line_and_touches_nothing(
     assert target.db not in mongo_client.list_database_names()
 
 
-# Increments the given keys one by one until the stop file appears, then
-# prints how many increments of each key the server acknowledged.
-WRITER = """
-import json, os, sys, pymongo
-uri, db, stop, *keys = sys.argv[1:]
-metrics = pymongo.MongoClient(uri)[db]["metrics"]
-done = dict.fromkeys(keys, 0)
-print("ready", flush=True)
-while not os.path.exists(stop):
-    for key in keys:
-        if metrics.update_one({"name": "metrics"}, {"$inc": {key: 1}}).modified_count:
-            done[key] += 1
-print(json.dumps(done))
-"""
-
-
-def run_beside_writer(
-    mongo_uri: str, target: Location, keys: list[str], args: list[str], stop: Path
-) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
-    """Run an import while another process keeps incrementing keys."""
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, mongo_uri, target.db, str(stop), *keys],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert writer.stdout is not None
-        assert writer.stdout.readline() == "ready\n"
-        result = import_(*args)
-    finally:
-        stop.touch()
-        out, _ = writer.communicate(timeout=60)
-    stop.unlink()
-    return result, json.loads(out)
-
-
-def test_imports_lose_no_increment_made_meanwhile(
-    mongo_uri, mongo_client, target, target_args, tmp_path: Path
-) -> None:
-    live = "total_action_live_pass"
-    current = {f"total_action_job{n}_pass": n for n in range(20000)}
-    store(mongo_uri, target, {**current, live: 0})
-    imported = {key: 2 * value for key, value in current.items()}
-    big = write(tmp_path / "big.json", imported)
-    # Summing is the strategy for keys that others increment too.
-    shared = ["total_action_job5_pass", "total_action_job1999_pass"]
-    few = write(tmp_path / "few.json", dict(list(imported.items())[:2000]))
-    stop = tmp_path / "stop"
-
-    merged, first = run_beside_writer(
-        mongo_uri, target, [live], [*target_args, "-i", big, "--no-backup"], stop
-    )
-    summed, second = run_beside_writer(
-        mongo_uri,
-        target,
-        [live, *shared],
-        [*target_args, "-i", few, "--strategy", "sum", "--no-backup"],
-        stop,
-    )
-
-    assert_succeeded(merged)
-    assert_succeeded(summed)
-    assert first[live] > 0 and second[live] > 0
-    after = mongo_client[target.db]["metrics"].find_one()
-    assert after[live] == first[live] + second[live]
-    for key in shared:
-        assert after[key] == 2 * imported[key] + second[key]
-    summed_keys = set(list(imported)[:2000])
-    for key in imported:
-        if key not in shared:
-            times = 2 if key in summed_keys else 1
-            assert after[key] == times * imported[key], key
-
-
-@pytest.mark.parametrize("strategy", ["overwrite", "sum", "missing"])
-def test_planned_write_keeps_what_another_writer_changed_meanwhile(
-    strategy, mongo_uri, mongo_client, target
-) -> None:
-    store(mongo_uri, target, {"a_total": 1, "last_updated": EARLY})
-    with MetricsStore(mongo_uri, target) as metrics:
-        current = metrics.read()
-        imported = {"a_total": 5, "b_total": 2, "last_updated": "2024-02-01T00:00:00"}
-        plan = import_plan.plan_import(current, imported, "merge", strategy)
-        # Between the import's read and its write, the service records a job.
-        later = datetime.datetime(2024, 3, 1)
-        mongo_client[target.db]["metrics"].update_one(
-            {"name": "metrics"},
-            {"$inc": {"a_total": 10, "b_total": 1}, "$set": {"last_updated": later}},
-        )
-        after = metrics.apply(plan.pipeline, "test write")
-
-    assert after["last_updated"] == later
-    expected = {"overwrite": (5, 2), "sum": (16, 3), "missing": (11, 1)}[strategy]
-    assert (after["a_total"], after["b_total"]) == expected
-
-
 def importable(key: str) -> bool:
     # The test server evaluates a key spelled exactly like an operator
     # ("$ifNull") even inside $literal, so such keys are left out here.
@@ -633,32 +497,6 @@ def test_location_and_backup_folder_come_from_the_environment(
     assert len(list(backups.glob("pre_import_backup_*.json"))) == 1
     assert len(history(mongo_client, destination)) == 1
     assert mongo_client[target.db]["metrics"].count_documents({}) == 0
-
-
-def test_planned_sums_have_the_servers_types(mongo_uri, target) -> None:
-    stored = {
-        "a": Int64(2**63 - 1),
-        "b": 2**31 - 1,
-        "c": 5,
-        "d": Decimal128("1.25"),
-        "e": Int64(7),
-    }
-    store(mongo_uri, target, stored)
-    imported = {"a": 5, "b": 1, "c": 2.5, "d": 1, "e": 1, "f": Int64(3)}
-    with MetricsStore(mongo_uri, target) as metrics:
-        plan = import_plan.plan_import(metrics.read(), imported, "merge", "sum")
-        after = metrics.apply(plan.pipeline, "test write")
-
-    assert typed_values(after) == typed_values(plan.final)
-    assert import_plan.mismatches(plan, after) == []
-
-
-def typed_values(document: dict) -> dict[str, tuple[str, str]]:
-    return {
-        key: (type(value).__name__, repr(value))
-        for key, value in document.items()
-        if key not in BOOKKEEPING_KEYS
-    }
 
 
 def test_reads_mongoexport_output(
