@@ -270,3 +270,20 @@ def test_stdout_output_writes_no_file(
     assert out == b'{"a": {"$numberLong": "1"}}\n'
     assert written.size == len(out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_any_bson_value_survives_a_round_trip() -> None:
+    document = bson_document(
+        {
+            "nested": {"count": Int64(1), "list": [Int64(2), 1.5, None, True]},
+            "binary": bson.Binary(b"\x00\x01", 0),
+            "timestamp": bson.Timestamp(1700000000, 3),
+            "pattern": bson.Regex("^tao", "i"),
+            "id": bson.ObjectId(),
+            "huge_date": datetime.datetime(9999, 12, 31, 23, 59, 59),
+            "old_date": datetime.datetime(1901, 1, 1),
+            "minimum": bson.MinKey(),
+        }
+    )
+    parsed, _ = parse_text(dumps_document(document))
+    assert bson.encode(parsed) == bson.encode(document)
