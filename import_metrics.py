@@ -149,8 +149,10 @@ def run_import(args: argparse.Namespace) -> int:
             undo = ["--input", backup, "--replace", *target_arguments(args)]
             say(f"     (undo with: python import_metrics.py {shlex.join(undo)})")
         after = store.apply(plan.pipeline, f"writing the {mode}")
-        check_written(plan, after, backup)
+        # Recorded before the check: a written file counts as imported even
+        # when its check fails, so that summing it again is still refused.
         store.record_history(history_entry(plan, args, loaded, backup))
+        check_written(plan, after, backup)
     say()
     show_result(say, plan, after)
     if args.json:
