@@ -63,7 +63,9 @@ class ExporterApp:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/")
         if method not in ("GET", "HEAD"):
-            return self._reply(start_response, "405 Method Not Allowed", b"", method)
+            allow = [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")]
+            status = "405 Method Not Allowed"
+            return self._reply(start_response, status, b"", method, allow)
         if path == "/healthz":
             return self._reply(start_response, "200 OK", b"ok\n", method)
         if path == "/readyz":

@@ -201,8 +201,8 @@ class DocumentCollector(Collector):
                 # exporter's own metrics instead of failing every scrape.
                 log.exception("building the exposition failed")
         own = self_families(read, build, last_updated)
-        exposition = Exposition(own, build)
-        return Snapshot(read, own, build, exposition, self._clock())
+        bodies = Exposition(own, build)
+        return Snapshot(read, own, build, bodies, self._clock())
 
     def _build(self, raw: bytes | None) -> tuple[Build, float | None]:
         """Build the families of a document, reusing the last build if unchanged."""

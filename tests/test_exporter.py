@@ -41,6 +41,7 @@ from collector import (
     INVALID_KEY,
     NON_NUMERIC,
 )
+from exporter_http import ExporterApp
 from metric_keys import format_key
 from mongo_store import Location, MetricsStore
 from snapshots import DocumentCollector
@@ -464,6 +465,30 @@ def test_last_updated_is_read_in_both_stored_forms() -> None:
     assert snapshots.unix_time("2026-05-04T12:20:30+02:00") == 1777890030.0
     assert snapshots.unix_time("yesterday") is None
     assert snapshots.unix_time(None) is None
+
+
+def test_the_application_answers_head_and_refuses_other_methods(
+    mongo_uri: str, location: Location
+) -> None:
+    with MetricsStore(mongo_uri, location) as store:
+        store.replace(sample_document())
+    app = ExporterApp(DocumentCollector(Stores(mongo_uri, location), 5, 2))
+    answers: list[tuple[str, dict[str, str]]] = []
+
+    def call(method: str, path: str) -> bytes:
+        def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+            answers.append((status, dict(headers)))
+
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path}
+        return b"".join(app(environ, start_response))
+
+    full = call("GET", "/metrics")
+    assert call("HEAD", "/metrics") == b""
+    assert answers[-1][0] == "200 OK"
+    assert int(answers[-1][1]["Content-Length"]) == len(full)
+    call("POST", "/metrics")
+    assert answers[-1][0].startswith("405")
+    assert answers[-1][1]["Allow"] == "GET, HEAD"
 
 
 # The exporter as a running program
