@@ -145,6 +145,8 @@ class Build:
     skipped: list[Skipped]
     # Where each served key's line is: (index in families, index in lines).
     placement: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The index in families of each family's name.
+    positions: dict[str, int] = field(default_factory=dict)
     # The families rendered, by format; filled by the exposition module.
     rendered: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -162,9 +164,10 @@ class Build:
 class Builder:
     """Build the families of successive documents, redoing only what changed.
 
-    When a new document holds the same keys and only values of served keys
-    changed, the last build is copied with those lines replaced; anything
-    else (keys added or removed, a key becoming unservable) builds afresh.
+    When a new document only changes values of served keys or adds keys to
+    existing families, the last build is copied with those lines replaced or
+    added; anything else (keys removed, a new family, a key becoming
+    unservable) builds afresh.
     """
 
     def __init__(self, reserved: Iterable[str] = ()) -> None:
@@ -201,12 +204,11 @@ class Builder:
                 changed.append(key)
             entries[key] = entry
         self._entries = entries
-        same_keys = len(entries) == len(previous) and all(
-            key in previous for key in changed
-        )
+        added = sum(1 for key in changed if key not in previous)
+        nothing_removed = len(entries) - added == len(previous)
         build = None
-        if self._last is not None and same_keys:
-            build = _patched(self._last, entries, changed)
+        if self._last is not None and nothing_removed:
+            build = _patched(self._last, entries, changed, previous)
         if build is None:
             build = _full_build(entries, self.reserved, self._last)
         self._last = build
@@ -219,36 +221,59 @@ def build_families(document: Mapping[str, Any], reserved: Iterable[str] = ()) ->
 
 
 def _patched(
-    last: Build, entries: dict[str, Entry], changed: list[str]
+    last: Build,
+    entries: dict[str, Entry],
+    changed: list[str],
+    previous: dict[str, Entry],
 ) -> Build | None:
-    """Copy last with new lines for changed keys, or None if that is not enough."""
+    """Copy last with the lines of changed keys replaced or added.
+
+    Return None when that would not give what a full build gives: a changed
+    key not served, a key added to a family that does not exist yet, or one
+    that would change its family's type.
+    """
     families = list(last.families)
     copies: dict[int, Family] = {}
+    placement = last.placement
     for key in changed:
-        where = last.placement.get(key)
         entry = entries[key]
-        if where is None or entry.reason:
+        if entry.reason:
             return None
-        family_at, line_at = where
+        where = placement.get(key)
+        if where is None:
+            family_at = last.positions.get(entry.name, -1)
+            if key in previous or family_at < 0:
+                return None
+            kind = families[family_at].kind
+            fits = kind_for(entry.name, True) if entry.labeled else GAUGE
+            if fits != kind:
+                return None
+        else:
+            family_at = where[0]
         family = copies.get(family_at)
         if family is None:
             original = families[family_at]
-            if original.kind == COUNTER and entry.negative_or_nan:
-                return None
             family = Family(
                 original.name,
                 original.kind,
                 original.help,
                 list(original.lines),
-                original.keys,
+                list(original.keys),
             )
             copies[family_at] = family
-        elif family.kind == COUNTER and entry.negative_or_nan:
+        if family.kind == COUNTER and entry.negative_or_nan:
             return None
-        family.lines[line_at] = entry.line
+        if where is None:
+            if placement is last.placement:
+                placement = dict(placement)
+            placement[key] = (family_at, len(family.lines))
+            family.lines.append(entry.line)
+            family.keys.append(key)
+        else:
+            family.lines[where[1]] = entry.line
     for family_at, family in copies.items():
         families[family_at] = family
-    return Build(families, last.skipped, last.placement)
+    return Build(families, last.skipped, placement, last.positions)
 
 
 def _full_build(
@@ -303,7 +328,8 @@ def _full_build(
         for family_at, family in enumerate(kept)
         for line_at, key in enumerate(family.keys)
     }
-    return Build(kept, skipped, placement)
+    positions = {family.name: family_at for family_at, family in enumerate(kept)}
+    return Build(kept, skipped, placement, positions)
 
 
 def _drop_collisions(

@@ -312,6 +312,13 @@ edits = st.lists(
                 "total_action_train_pass",
                 "tao_job",
                 "bad{",
+                format_key("tao_job_total", {"tao_action": "new"}),
+                format_key("tao_job_queue_depth", {"tao_action": "new"}),
+                format_key("total_action_train_pass", {"tao_action": "new"}),
+                format_key("time_lapsed_today", {"tao_action": "new"}),
+                "tao_job_queue_depth",
+                "tao_job_duration_sum",
+                "new_flat_gauge",
             ]
         ),
         st.one_of(stored_values, st.just("text"), st.just(-1)),
@@ -320,7 +327,7 @@ edits = st.lists(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(edits, min_size=1, max_size=4))
 def test_building_on_the_last_build_equals_building_afresh(rounds: list) -> None:
     document = sample_document()
@@ -344,6 +351,9 @@ def test_building_on_the_last_build_equals_building_afresh(rounds: list) -> None
         )
         assert set(again.skipped) == set(fresh.skipped)
         assert again.placement.keys() == fresh.placement.keys()
+        for key, (family_at, line_at) in again.placement.items():
+            assert again.families[family_at].keys[line_at] == key
+            assert again.families[family_at].lines[line_at].startswith(key + " ")
 
 
 class Stores:
