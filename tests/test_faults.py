@@ -7,7 +7,6 @@ exactly as it was before or exactly as the import meant it to be.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import gzip
 import json
@@ -400,7 +399,7 @@ def test_damaged_backup_refused_before_the_database(
 
 def test_damaged_file_without_checksum_names_the_problem(tmp_path):
     path = tmp_path / "cut.json"
-    text = json.dumps(copy.deepcopy(old_metrics()))
+    text = json.dumps(old_metrics())
     path.write_text(text[: len(text) // 2])
     with pytest.raises(metrics_file.FileError, match="truncated"):
         metrics_file.read_document(str(path))
