@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry
 
@@ -130,31 +131,18 @@ def serve(argv: Sequence[str] | None) -> int:
     collector = DocumentCollector(
         lambda: cli_support.open_store(args), args.cache_seconds, float(args.timeout)
     )
+    # The registry serves prometheus_client's own tools (generate_latest);
+    # /metrics sends the collector's pre-rendered bodies, which is faster.
     registry = CollectorRegistry()
     registry.register(collector)
-    app = ExporterApp(collector, credentials)
-    try:
-        server = make_http_server(args.listen_address, args.port, app, tls)
-    except OSError as exc:
-        raise UsageError(
-            f"cannot listen on {args.listen_address}:{args.port}: {exc.strerror}"
-        ) from None
-
-    stopping = threading.Event()
-
-    def stop(signum: int, _frame: object) -> None:
-        log.info("stopping on %s", signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    server = listen(args, ExporterApp(collector, credentials), tls)
+    stopping = stop_on_signals()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     # Read once now so the first scrape finds the response ready.
     threading.Thread(target=collector.snapshot, daemon=True).start()
-    scheme = "https" if tls else "http"
     log.info(
         "serving %s://%s:%d/metrics (cache %gs, mongodb timeout %gs%s)",
-        scheme,
+        "https" if tls else "http",
         args.listen_address,
         server.server_port,
         args.cache_seconds,
@@ -168,6 +156,30 @@ def serve(argv: Sequence[str] | None) -> int:
     collector.close()
     log.info("stopped")
     return 0
+
+
+def listen(
+    args: argparse.Namespace, app: ExporterApp, tls: ssl.SSLContext | None
+) -> WSGIServer:
+    try:
+        return make_http_server(args.listen_address, args.port, app, tls)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {args.listen_address}:{args.port}: {exc.strerror}"
+        ) from None
+
+
+def stop_on_signals() -> threading.Event:
+    """Return an event that SIGTERM or SIGINT sets."""
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("stopping on %s", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return stopping
 
 
 def main(argv: Sequence[str] | None = None) -> int:

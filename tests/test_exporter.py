@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -832,6 +833,21 @@ def test_bad_settings_end_in_one_line(args: list, env: dict, message: str) -> No
     )
     assert completed.returncode == 1
     assert completed.stderr.startswith("error: " + message), completed.stderr
+    assert len(completed.stderr.splitlines()) == 1
+
+
+def test_a_port_in_use_ends_in_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        address = ["--listen-address", "127.0.0.1", "--port", str(port)]
+        completed = subprocess.run(
+            [sys.executable, str(REPO / "exporter.py"), *address],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert completed.returncode == 1
+    assert completed.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
     assert len(completed.stderr.splitlines()) == 1
 
 
