@@ -836,6 +836,36 @@ def test_bad_settings_end_in_one_line(args: list, env: dict, message: str) -> No
     assert len(completed.stderr.splitlines()) == 1
 
 
+def test_every_option_reads_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import exporter
+
+    defaults = exporter.build_parser().parse_args([])
+    assert (defaults.port, float(defaults.timeout)) == (9877, 3.0)
+    assert defaults.cache_seconds == 5.0
+    monkeypatch.setenv("EXPORTER_PORT", "9999")
+    monkeypatch.setenv("EXPORTER_LISTEN_ADDRESS", "::1")
+    monkeypatch.setenv("POLLING_INTERVAL_SECONDS", "30")
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("MONGODB_TIMEOUT", "1.5")
+    monkeypatch.setenv("EXPORTER_TLS_CERT", "c.pem")
+    monkeypatch.setenv("EXPORTER_TLS_KEY", "k.pem")
+    monkeypatch.setenv("EXPORTER_BASIC_AUTH_FILE", "auth")
+    args = exporter.build_parser().parse_args([])
+
+    assert (args.port, args.listen_address, args.cache_seconds) == (9999, "::1", 30)
+    assert (args.log_level, float(args.timeout)) == ("debug", 1.5)
+    assert (args.tls_cert, args.tls_key, args.basic_auth_file) == (
+        "c.pem",
+        "k.pem",
+        "auth",
+    )
+    # The exporter's own name wins over the older one.
+    monkeypatch.setenv("EXPORTER_CACHE_SECONDS", "2")
+    assert exporter.build_parser().parse_args([]).cache_seconds == 2
+
+
 def test_a_port_in_use_ends_in_one_line() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
