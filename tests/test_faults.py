@@ -93,7 +93,7 @@ def import_through(proxy: Proxy, location, source: Path, backups: Path, *extra: 
     return run_script(
         "import_metrics.py",
         *("--input", str(source), "--backup-dir", str(backups), *extra),
-        *("--uri", proxy.uri, "--db", location.db, "--timeout", "3"),
+        *("--uri", proxy.uri, "--db", location.db, "--timeout", "10"),
     )
 
 
@@ -192,7 +192,7 @@ def test_export_cut_while_reading_leaves_no_file(mongo_uri, location, seeded, tm
         result = run_script(
             "export_metrics.py",
             *("--output", str(output)),
-            *("--uri", proxy.uri, "--db", location.db, "--timeout", "3"),
+            *("--uri", proxy.uri, "--db", location.db, "--timeout", "10"),
         )
 
     assert "connection to MongoDB lost" in one_error_line(result)
@@ -207,7 +207,7 @@ def test_export_cut_once_is_retried(mongo_uri, location, seeded, tmp_path):
         result = run_script(
             "export_metrics.py",
             *("--output", str(output)),
-            *("--uri", proxy.uri, "--db", location.db, "--timeout", "3"),
+            *("--uri", proxy.uri, "--db", location.db, "--timeout", "10"),
         )
 
     assert result.returncode == 0, result.stderr
