@@ -53,7 +53,7 @@ class Family:
     help: str
     lines: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
-    chunks: dict[str, str] = field(default_factory=dict, repr=False)
+    chunks: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def openmetrics_name(self) -> str:
         """Return the family name OpenMetrics uses: a counter drops its _total."""

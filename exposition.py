@@ -31,25 +31,26 @@ def header(family: Family, content_type: str) -> str:
     return f"# TYPE {name} {kind}\n# HELP {name} {family.help}\n"
 
 
-def chunk(family: Family, content_type: str) -> str:
+def chunk(family: Family, content_type: str) -> bytes:
     """Return a family rendered in one format, rendering it only once."""
     found = family.chunks.get(content_type)
     if found is None:
-        found = header(family, content_type) + "".join(family.lines)
+        text = header(family, content_type) + "".join(family.lines)
+        found = text.encode("utf-8")
         family.chunks[content_type] = found
     return found
 
 
-def render(families: Iterable[Family], content_type: str) -> str:
+def render(families: Iterable[Family], content_type: str) -> bytes:
     """Write families in one format (OpenMetrics without its # EOF line)."""
-    return "".join([chunk(family, content_type) for family in families])
+    return b"".join([chunk(family, content_type) for family in families])
 
 
 def stored(build: Build, content_type: str) -> bytes:
     """Return the stored metrics of a build in one format, rendered once."""
     found = build.rendered.get(content_type)
     if found is None:
-        found = render(build.families, content_type).encode("utf-8")
+        found = render(build.families, content_type)
         build.rendered[content_type] = found
     return found
 
@@ -77,8 +78,8 @@ class Exposition:
 
     def __init__(self, own: list[Family], build: Build | None) -> None:
         self._own = {
-            TEXT: render(own, TEXT).encode("utf-8"),
-            OPENMETRICS: render(own, OPENMETRICS).encode("utf-8") + EOF_LINE,
+            TEXT: render(own, TEXT),
+            OPENMETRICS: render(own, OPENMETRICS) + EOF_LINE,
         }
         self._build = build
         self._gzip_ends: dict[str, bytes] = {}

@@ -134,11 +134,12 @@ def own_samples(text: str) -> dict[tuple, float]:
 
 
 def text_of(build: collector.Build) -> str:
-    return exposition.render(build.families, exposition.TEXT)
+    return exposition.render(build.families, exposition.TEXT).decode()
 
 
 def openmetrics_of(build: collector.Build) -> str:
-    return exposition.render(build.families, exposition.OPENMETRICS) + "# EOF\n"
+    openmetrics = exposition.render(build.families, exposition.OPENMETRICS)
+    return openmetrics.decode() + "# EOF\n"
 
 
 def body_text(snapshot: snapshots.Snapshot) -> str:
