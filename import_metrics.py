@@ -305,7 +305,13 @@ def take_backup(
     path = os.path.join(args.backup_dir, name)
     if not os.path.isdir(args.backup_dir):
         raise UsageError(f"backup folder {args.backup_dir} does not exist")
-    metrics_file.write_document(path, current, pretty=False)
+    try:
+        metrics_file.write_document(path, current, pretty=False)
+    except metrics_file.FileError as exc:
+        raise metrics_file.FileError(
+            f"{exc}; nothing was written to MongoDB (free some space, choose "
+            "another --backup-dir, or pass --no-backup)"
+        ) from None
     return path
 
 

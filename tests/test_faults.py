@@ -330,7 +330,7 @@ def test_import_aborts_when_the_backup_cannot_be_written(
     )
 
     line = one_error_line(result)
-    assert "File too large" in line
+    assert "File too large" in line and "nothing was written to MongoDB" in line
     assert os.listdir(backups) == []
     after = collection.find_one({"name": "metrics"})
     assert canonical(after) == canonical(seeded)
