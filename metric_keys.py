@@ -301,10 +301,14 @@ def _split_comprehensive(
                 yield head, int(match.group(2)), match.group(3)[1:]
 
 
-def _split_gpus(text: str, total: int, limit: int) -> list[tuple[tuple[str, int], ...]]:
+# A document repeats the same few GPU lists in thousands of keys.
+@functools.lru_cache(maxsize=4096)
+def _split_gpus(
+    text: str, total: int, limit: int
+) -> tuple[tuple[tuple[str, int], ...], ...]:
     """Return up to limit readings of NAME_n[_NAME_n...] adding up to total."""
     if not text:
-        return [()] if total == 0 else []
+        return ((),) if total == 0 else ()
     tokens = text.split("_")
     counts = [_count(token) for token in tokens]
 
@@ -324,7 +328,7 @@ def _split_gpus(text: str, total: int, limit: int) -> list[tuple[tuple[str, int]
                     return tuple(found)
         return tuple(found)
 
-    return list(groups(0, total))
+    return groups(0, total)
 
 
 def _count(token: str) -> int:
