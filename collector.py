@@ -164,10 +164,10 @@ class Build:
 class Builder:
     """Build the families of successive documents, redoing only what changed.
 
-    When a new document only changes values of served keys or adds keys to
-    existing families, the last build is copied with those lines replaced or
-    added; anything else (keys removed, a new family, a key becoming
-    unservable) builds afresh.
+    When a new document only changes values of served keys, adds keys to
+    existing families or removes keys, the last build is copied with those
+    lines replaced, added or dropped; anything else (a new family, a family
+    emptied, a key becoming unservable) builds afresh.
     """
 
     def __init__(self, reserved: Iterable[str] = ()) -> None:
@@ -205,10 +205,12 @@ class Builder:
             entries[key] = entry
         self._entries = entries
         added = sum(1 for key in changed if key not in previous)
-        nothing_removed = len(entries) - added == len(previous)
+        removed = []
+        if len(entries) - added != len(previous):
+            removed = [key for key in previous if key not in entries]
         build = None
-        if self._last is not None and nothing_removed:
-            build = _patched(self._last, entries, changed, previous)
+        if self._last is not None:
+            build = _patched(self._last, entries, changed, previous, removed)
         if build is None:
             build = _full_build(entries, self.reserved, self._last)
         self._last = build
@@ -225,16 +227,36 @@ def _patched(
     entries: dict[str, Entry],
     changed: list[str],
     previous: dict[str, Entry],
+    removed: list[str],
 ) -> Build | None:
-    """Copy last with the lines of changed keys replaced or added.
+    """Copy last with the lines of changed keys replaced, added or removed.
 
     Return None when that would not give what a full build gives: a changed
-    key not served, a key added to a family that does not exist yet, or one
-    that would change its family's type.
+    key not served, a key added to a family that does not exist yet or whose
+    type it would change, or a family left empty.
     """
     families = list(last.families)
     copies: dict[int, Family] = {}
     placement = last.placement
+    skipped = last.skipped
+    if removed:
+        # Removing a key never changes which families are served, unless it
+        # empties one: skipped keys only lose their place in the list.
+        gone = set(removed)
+        placement = dict(placement)
+        skipped = [item for item in skipped if item.key not in gone]
+        touched = {placement.pop(key)[0] for key in removed if key in placement}
+        for family_at in touched:
+            original = families[family_at]
+            keys = [key for key in original.keys if key not in gone]
+            if not keys:
+                return None
+            lines = [entries[key].line for key in keys]
+            copies[family_at] = Family(
+                original.name, original.kind, original.help, lines, keys
+            )
+            for line_at, key in enumerate(keys):
+                placement[key] = (family_at, line_at)
     for key in changed:
         entry = entries[key]
         if entry.reason:
@@ -273,7 +295,7 @@ def _patched(
             family.lines[where[1]] = entry.line
     for family_at, family in copies.items():
         families[family_at] = family
-    return Build(families, last.skipped, placement, last.positions)
+    return Build(families, skipped, placement, last.positions)
 
 
 def _full_build(
