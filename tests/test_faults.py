@@ -67,6 +67,7 @@ def one_error_line(result) -> str:
 
 
 def leftovers(folder: Path) -> list[str]:
+    """List temporary files an interrupted write left in folder."""
     return sorted(name for name in os.listdir(folder) if name.endswith(".tmp"))
 
 
@@ -146,6 +147,7 @@ def test_write_cut_on_every_try_fails_cleanly(
     after = collection.find_one({"name": "metrics"})
     wanted = seeded if outcome == "old" else expected_after(seeded)
     assert canonical(after) == canonical(wanted)
+    assert leftovers(tmp_path) == []
     roll_back(mongo_uri, location, tmp_path, capsys)
     assert canonical(collection.find_one({"name": "metrics"})) == canonical(seeded)
 
