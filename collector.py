@@ -86,6 +86,10 @@ def kind_for(name: str, labeled: bool) -> str:
     return GAUGE
 
 
+def help_for(name: str) -> str:
+    return f"TAO metric {name} read from MongoDB"
+
+
 def format_value(value: Any) -> str | None:
     """Spell a stored value as an exposition value, or None if it is not a number."""
     if isinstance(value, bool):
@@ -147,6 +151,10 @@ class Build:
     placement: dict[str, tuple[int, int]] = field(default_factory=dict)
     # The index in families of each family's name.
     positions: dict[str, int] = field(default_factory=dict)
+    # Every name a served family claims (see Family.claimed_names), and the
+    # names of all families grouped, served or not.
+    owners: dict[str, str] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
     # The families rendered, by format; filled by the exposition module.
     rendered: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -164,10 +172,10 @@ class Build:
 class Builder:
     """Build the families of successive documents, redoing only what changed.
 
-    When a new document only changes values of served keys, adds keys to
-    existing families or removes keys, the last build is copied with those
-    lines replaced, added or dropped; anything else (a new family, a family
-    emptied, a key becoming unservable) builds afresh.
+    When a new document only changes values of served keys, adds keys or
+    families or removes keys, the last build is copied with those lines
+    replaced, added or dropped; anything else (a family emptied, a key
+    becoming unservable, a name collision) builds afresh.
     """
 
     def __init__(self, reserved: Iterable[str] = ()) -> None:
@@ -232,13 +240,14 @@ def _patched(
     """Copy last with the lines of changed keys replaced, added or removed.
 
     Return None when that would not give what a full build gives: a changed
-    key not served, a key added to a family that does not exist yet or whose
-    type it would change, or a family left empty.
+    key not served, a key that would change its family's type, a new family
+    claiming a name already taken, or a family left empty.
     """
     families = list(last.families)
     copies: dict[int, Family] = {}
     placement = last.placement
     skipped = last.skipped
+    positions, owners, names = last.positions, last.owners, last.names
     if removed:
         # Removing a key never changes which families are served, unless it
         # empties one: skipped keys only lose their place in the list.
@@ -263,9 +272,26 @@ def _patched(
             return None
         where = placement.get(key)
         if where is None:
-            family_at = last.positions.get(entry.name, -1)
-            if key in previous or family_at < 0:
+            if key in previous:
                 return None
+            family_at = positions.get(entry.name, -1)
+            if family_at < 0:
+                # A new family: appended unless a name it claims is taken.
+                if entry.name in names:
+                    return None
+                kind = kind_for(entry.name, entry.labeled)
+                new = Family(entry.name, kind, help_for(entry.name))
+                claims = new.claimed_names()
+                if any(claim in owners or claim in names for claim in claims):
+                    return None
+                if positions is last.positions:
+                    positions, owners = dict(positions), dict(owners)
+                    names = set(names)
+                owners.update(dict.fromkeys(claims, f"family {entry.name}"))
+                names.add(entry.name)
+                family_at = positions[entry.name] = len(families)
+                families.append(new)
+                copies[family_at] = new
             kind = families[family_at].kind
             fits = kind_for(entry.name, True) if entry.labeled else GAUGE
             if fits != kind:
@@ -295,7 +321,7 @@ def _patched(
             family.lines[where[1]] = entry.line
     for family_at, family in copies.items():
         families[family_at] = family
-    return Build(families, skipped, placement, last.positions)
+    return Build(families, skipped, placement, positions, owners, names)
 
 
 def _full_build(
@@ -316,7 +342,7 @@ def _full_build(
 
     families = []
     for name, members in grouped.items():
-        help_text = f"TAO metric {name} read from MongoDB"
+        help_text = help_for(name)
         if name not in labeled_names:
             lines = [entry.line for _, entry in members]
             family = before.get(name)
@@ -344,14 +370,14 @@ def _full_build(
         if unchanged and unchanged.kind == kind and unchanged.lines == family.lines:
             family = unchanged
         families.append(family)
-    kept = _drop_collisions(families, reserved, labeled_names, skipped)
+    kept, owners = _drop_collisions(families, reserved, labeled_names, skipped)
     placement = {
         key: (family_at, line_at)
         for family_at, family in enumerate(kept)
         for line_at, key in enumerate(family.keys)
     }
     positions = {family.name: family_at for family_at, family in enumerate(kept)}
-    return Build(kept, skipped, placement, positions)
+    return Build(kept, skipped, placement, positions, owners, set(grouped))
 
 
 def _drop_collisions(
@@ -359,8 +385,8 @@ def _drop_collisions(
     taken: Iterable[str],
     labeled_names: set[str],
     skipped: list[Skipped],
-) -> list[Family]:
-    """Keep the families whose names no earlier family claims.
+) -> tuple[list[Family], dict[str, str]]:
+    """Keep the families whose names no earlier family claims; return the claims.
 
     Counters come first, then other labeled families, then flat ones, each
     by name, so the outcome never depends on the order of the document.
@@ -389,4 +415,4 @@ def _drop_collisions(
         for claim in claims:
             owners[claim] = f"family {family.name}"
         kept.append(family)
-    return kept
+    return kept, owners

@@ -321,6 +321,10 @@ edits = st.lists(
                 "tao_job_queue_depth",
                 "tao_job_duration_sum",
                 "new_flat_gauge",
+                format_key("tao_new_total", {"tao_action": "new"}),
+                format_key("tao_new", {"tao_action": "new"}),
+                "tao_new_created",
+                snapshots.SERIES,
             ]
         ),
         st.one_of(stored_values, st.just("text"), st.just(-1)),
