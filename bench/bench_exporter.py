@@ -190,18 +190,23 @@ def measure_exporter(
         process.wait(30)
 
 
-def new_keys(size: int) -> Callable[[], dict[str, int]]:
-    """Return a function giving ten keys never stored before at each call."""
+def new_keys() -> Callable[[], dict[str, int]]:
+    """Return a function giving ten keys never stored before at each call.
+
+    Half are labeled keys of an existing family, half comprehensive keys,
+    each a family of its own: what jobs with new label combinations write.
+    """
     calls = iter(range(10**6))
 
     def make() -> dict[str, int]:
         call = next(calls)
-        return {
-            metric_keys.format_key(
-                "tao_job_total", {"tao_action": "bench", "tao_run": f"{call}_{n}"}
-            ): 1
-            for n in range(10)
-        }
+        keys = {}
+        for n in range(5):
+            labels = {"tao_action": "bench", "tao_run": f"{call}_{n}"}
+            keys[metric_keys.format_key("tao_job_total", labels)] = 1
+            flat = f"network_bench{call}x{n}_action_train_version_6_0_0"
+            keys[flat + "_status_pass_gpu_1_A100_1"] = 1
+        return keys
 
     return make
 
@@ -244,7 +249,7 @@ def main() -> int:
                 # and now and then store keys never seen before.
                 some_keys = [key for key in document if key != "last_updated"][:10]
                 increments = dict.fromkeys(some_keys, 1)
-                fresh = new_keys(size)
+                fresh = new_keys()
                 changes = {
                     "changed": functools.partial(store.add, increments),
                     "added": lambda: store.merge(fresh()),  # noqa: B023
