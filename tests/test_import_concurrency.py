@@ -140,3 +140,22 @@ def typed_values(document: dict) -> dict[str, tuple[str, str]]:
         for key, value in document.items()
         if key not in BOOKKEEPING_KEYS
     }
+
+
+def test_merge_sends_only_changed_keys_and_keeps_increments_to_the_others(
+    mongo_uri, mongo_client, target
+) -> None:
+    store(mongo_uri, target, {"a_total": 5, "b_total": 1})
+    with MetricsStore(mongo_uri, target) as metrics:
+        imported = {"a_total": 5, "b_total": 2}
+        plan = import_plan.plan_import(metrics.read(), imported, "merge")
+        assert "a_total" not in str(plan.pipeline)
+        # A job counted after the read raises a key the file already matched.
+        mongo_client[target.db]["metrics"].update_one(
+            {"name": "metrics"}, {"$inc": {"a_total": 1}}
+        )
+        after = metrics.apply(plan.pipeline, "test write")
+
+    assert (after["a_total"], after["b_total"]) == (6, 2)
+    assert import_plan.mismatches(plan, after) == []
+    assert import_plan.mismatches(plan, {**after, "a_total": 4}) == ["a_total"]
