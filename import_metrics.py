@@ -148,10 +148,8 @@ def run_import(args: argparse.Namespace) -> int:
             say(f"   ✓ Backup of the previous document: {backup}")
             undo = ["--input", backup, "--replace", *target_arguments(args)]
             say(f"     (undo with: python import_metrics.py {shlex.join(undo)})")
-        after = store.apply(plan.pipeline, f"writing the {mode}")
-        # Recorded before the check: a written file counts as imported even
-        # when its check fails, so that summing it again is still refused.
-        store.record_history(history_entry(plan, args, loaded, backup))
+        entry = history_entry(plan, args, loaded, backup)
+        after = write(store, plan, entry, claim_id(plan, args, loaded.sha256))
         check_written(plan, after, backup)
     say()
     show_result(say, plan, after)
@@ -323,6 +321,44 @@ def check_written(plan: Plan, after: dict[str, Any], backup: str | None) -> None
             f"verification failed: {len(wrong)} keys do not hold the imported "
             f"values after writing, first: {', '.join(wrong[:SHOWN])}{undo}"
         )
+
+
+def claim_id(plan: Plan, args: argparse.Namespace, sha256: str) -> str | None:
+    """Name the one sum of this file into this document, unless --force."""
+    if plan.mode != MERGE or plan.strategy != SUM or args.force:
+        return None
+    return f"sum:{args.document_name}:{sha256}"
+
+
+def write(
+    store: MetricsStore, plan: Plan, entry: dict[str, Any], claim: str | None
+) -> dict[str, Any]:
+    """Apply the plan and record it in the import history.
+
+    A sum first claims its file in the history, atomically, so that two runs
+    of the same command, even at once, cannot both add it.  If the write then
+    fails, the claim stays: the write may have reached the server.
+    """
+    if claim is None:
+        after = store.apply(plan.pipeline, f"writing the {plan.mode}")
+        # Recorded before the check: a written file counts as imported even
+        # when its check fails, so that summing it again is still refused.
+        store.record_history(entry)
+        return after
+    if not store.claim_history(claim, {**entry, "status": "writing"}):
+        raise UsageError(
+            "this file is already being added or was added to this document; "
+            "adding it again would count its jobs twice (pass --force if intended)"
+        )
+    try:
+        after = store.apply(plan.pipeline, f"writing the {plan.mode}")
+    except StoreError as exc:
+        raise StoreError(
+            f"{exc}; the counts may or may not have been added: check them with "
+            "convert_to_labeled.py --analyze before running again with --force"
+        ) from None
+    store.update_history(claim, {**entry, "status": "done"})
+    return after
 
 
 def history_entry(

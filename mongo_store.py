@@ -218,6 +218,19 @@ class MetricsStore:
         with self.errors("recording the import in the history"):
             self.history.insert_one(dict(entry))
 
+    def claim_history(self, claim_id: str, entry: Mapping[str, Any]) -> bool:
+        """Insert an entry under a fixed _id; False if one is there already."""
+        with self.errors("recording the import in the history"):
+            try:
+                self.history.insert_one({"_id": claim_id, **entry})
+            except mongo_errors.DuplicateKeyError:
+                return False
+        return True
+
+    def update_history(self, claim_id: str, entry: Mapping[str, Any]) -> None:
+        with self.errors("recording the import in the history"):
+            self.history.replace_one({"_id": claim_id}, dict(entry))
+
     def find_history(self, sha256: str) -> list[dict[str, Any]]:
         with self.errors("reading the import history"):
             query = {"document_name": self.location.document_name, "sha256": sha256}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import subprocess
@@ -12,7 +13,9 @@ import pytest
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 
+import import_metrics
 import import_plan
+from cli_support import UsageError
 from metric_keys import BOOKKEEPING_KEYS
 from mongo_store import Location, MetricsStore
 from tests.helpers import assert_succeeded, import_, store, write
@@ -159,3 +162,26 @@ def test_merge_sends_only_changed_keys_and_keeps_increments_to_the_others(
     assert (after["a_total"], after["b_total"]) == (6, 2)
     assert import_plan.mismatches(plan, after) == []
     assert import_plan.mismatches(plan, {**after, "a_total": 4}) == ["a_total"]
+
+
+def test_two_sums_of_one_file_planned_at_once_add_it_once(mongo_uri, target) -> None:
+    store(mongo_uri, target, {"a_total": 100})
+    args = argparse.Namespace(document_name="metrics", force=False)
+    imported = {"a_total": 7}
+    with MetricsStore(mongo_uri, target) as metrics:
+        # Both runs read and plan before either writes: both pass the history check.
+        plans = [
+            import_plan.plan_import(metrics.read(), imported, "merge", "sum")
+            for _ in range(2)
+        ]
+        assert not metrics.find_history("f" * 64)
+        claim = import_metrics.claim_id(plans[0], args, "f" * 64)
+        entry = {"document_name": "metrics", "sha256": "f" * 64, "time": EARLY}
+        import_metrics.write(metrics, plans[0], entry, claim)
+        with pytest.raises(UsageError, match="twice"):
+            import_metrics.write(metrics, plans[1], entry, claim)
+        after = metrics.read()
+        history = metrics.find_history("f" * 64)
+
+    assert after is not None and after["a_total"] == 107
+    assert [entry["status"] for entry in history] == ["done"]
