@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import labeled  # noqa: E402
-import mongo_store  # noqa: E402
-from sample_data import sample_jobs  # noqa: E402
+import labeled
+import mongo_store
+from sample_data import sample_jobs
 
 OLD_BUILDERS = (labeled.LegacyMetricsBuilder(), labeled.ComprehensiveMetricsBuilder())
 

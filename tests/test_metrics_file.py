@@ -26,7 +26,7 @@ values = st.one_of(
     st.integers(-(2**31), 2**31 - 1),
     st.integers(-(2**63), 2**63 - 1).map(Int64),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.decimals(allow_nan=False, allow_infinity=False, places=3).map(
+    st.decimals(-(10**30), 10**30, allow_nan=False, allow_infinity=False, places=3).map(
         lambda number: Decimal128(str(number))
     ),
     st.datetimes(
