@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
 import logging
 import math
 import os
@@ -33,6 +35,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 import collector
+import exporter as exporter_cli
 import exposition
 import metric_keys
 import snapshots
@@ -473,8 +476,6 @@ def test_own_metrics_describe_the_document(mongo_uri: str, location: Location) -
 
 
 def test_last_updated_is_read_in_both_stored_forms() -> None:
-    import datetime
-
     moment = datetime.datetime(2026, 5, 4, 10, 20, 30)
     assert snapshots.unix_time(moment) == 1777890030.0
     assert snapshots.unix_time("2026-05-04T10:20:30+00:00") == 1777890030.0
@@ -596,9 +597,9 @@ def run_exporter() -> Iterator[Any]:
         return exporter
 
     yield start
-    for exporter in started:
-        status = exporter.stop()
-        assert status == 0, exporter.output
+    for running in started:
+        status = running.stop()
+        assert status == 0, running.output
 
 
 def db_args(uri: str, location: Location, *extra: str) -> list[str]:
@@ -801,8 +802,6 @@ def test_tls_and_basic_auth(mongo_uri: str, location: Location, tmp_path: Path) 
 
 
 def _b64(text: str) -> str:
-    import base64
-
     return base64.b64encode(text.encode()).decode()
 
 
@@ -844,9 +843,7 @@ def test_bad_settings_end_in_one_line(args: list, env: dict, message: str) -> No
 def test_every_option_reads_its_environment_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import exporter
-
-    defaults = exporter.build_parser().parse_args([])
+    defaults = exporter_cli.build_parser().parse_args([])
     assert (defaults.port, float(defaults.timeout)) == (9877, 3.0)
     assert defaults.cache_seconds == 5.0
     monkeypatch.setenv("EXPORTER_PORT", "9999")
@@ -857,7 +854,7 @@ def test_every_option_reads_its_environment_variable(
     monkeypatch.setenv("EXPORTER_TLS_CERT", "c.pem")
     monkeypatch.setenv("EXPORTER_TLS_KEY", "k.pem")
     monkeypatch.setenv("EXPORTER_BASIC_AUTH_FILE", "auth")
-    args = exporter.build_parser().parse_args([])
+    args = exporter_cli.build_parser().parse_args([])
 
     assert (args.port, args.listen_address, args.cache_seconds) == (9999, "::1", 30)
     assert (args.log_level, float(args.timeout)) == ("debug", 1.5)
@@ -868,7 +865,7 @@ def test_every_option_reads_its_environment_variable(
     )
     # The exporter's own name wins over the older one.
     monkeypatch.setenv("EXPORTER_CACHE_SECONDS", "2")
-    assert exporter.build_parser().parse_args([]).cache_seconds == 2
+    assert exporter_cli.build_parser().parse_args([]).cache_seconds == 2
 
 
 def test_a_port_in_use_ends_in_one_line() -> None:
