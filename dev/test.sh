@@ -15,4 +15,5 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 ruff check .
 ruff format --check .
+mypy
 python3 -m pytest "$@"
