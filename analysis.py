@@ -13,6 +13,7 @@ import bson.errors
 import import_plan
 import metric_keys
 from mongo_store import MAX_DOCUMENT_BYTES
+from timestamps import parse_time
 
 SHOWN = 10
 
@@ -87,7 +88,7 @@ def analyze(document: Mapping[str, Any], check_keys: bool = True) -> Analysis:
         result.totals[family] = total + import_plan.as_decimal(value)
     stamp = document.get("last_updated")
     if stamp is not None and not import_plan.last_updated_problem(stamp):
-        result.last_updated = import_plan.parse_time(stamp).isoformat()
+        result.last_updated = parse_time(stamp).isoformat()
     return result
 
 

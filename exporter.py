@@ -28,6 +28,17 @@ DEFAULT_CACHE_SECONDS = 5.0
 DEFAULT_MONGODB_TIMEOUT = 3.0
 
 
+def port_number(text: str) -> int:
+    """Read a TCP port number for argparse."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tao-metrics-exporter",
@@ -41,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=port_number,
         default=env_default("EXPORTER_PORT", str(DEFAULT_PORT)),
         help="port to listen on (env EXPORTER_PORT; default %(default)s)",
     )

@@ -23,7 +23,7 @@ from mongo_store import MAX_DOCUMENT_BYTES, MetricsStore, StoreError
 RULE = "=" * 80
 SHOWN = 5
 MODE_TEXT = {
-    (MERGE, import_plan.OVERWRITE): "MERGE (imported values replace existing ones)",
+    (MERGE, import_plan.OVERWRITE): "MERGE (imported metrics added to existing)",
     (MERGE, import_plan.SUM): "MERGE, strategy sum (imported counts added to existing)",
     (MERGE, import_plan.MISSING): "MERGE, strategy missing (only keys not yet present)",
     (REPLACE, import_plan.OVERWRITE): "REPLACE (every existing metric deleted first)",
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="check and preview; write nothing"
     )
+    # Running without --dry-run executes; the word is accepted for old habits.
+    parser.add_argument("--execute", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--replace",
         action="store_true",
@@ -84,13 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.execute and args.dry_run:
+        build_parser().error("--execute and --dry-run contradict each other")
     if args.replace and args.strategy != import_plan.OVERWRITE:
         build_parser().error("--strategy applies to merges, not to --replace")
     return cli_support.run(run_import, args)
 
 
 class Report:
-    """The guide's step-by-step output, or nothing when JSON is asked for."""
+    """Print the step-by-step report, unless JSON is asked for."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -256,8 +260,9 @@ def target_arguments(args: argparse.Namespace) -> list[str]:
     """Return the options naming this run's database and document, for copying."""
     # Without them a copied command could write to another database.
     words = []
-    if args.uri:
-        words += ["--uri", mongo_store.redact_uri(args.uri)]
+    # A URI holding a password is left out: a *** copy could not log in.
+    if args.uri and mongo_store.uri_password(args.uri) is None:
+        words += ["--uri", args.uri]
     for option, value, default in (
         ("--db", args.db, mongo_store.DEFAULT_DB),
         ("--collection", args.collection, mongo_store.DEFAULT_COLLECTION),
@@ -343,7 +348,13 @@ def write(
         after = store.apply(plan.pipeline, f"writing the {plan.mode}")
         # Recorded before the check: a written file counts as imported even
         # when its check fails, so that summing it again is still refused.
-        store.record_history(entry)
+        try:
+            store.record_history(entry)
+        except StoreError as exc:
+            raise StoreError(
+                f"the metrics were written, but {exc}; do not run this import "
+                "again with --strategy sum"
+            ) from None
         return after
     if not store.claim_history(claim, {**entry, "status": "writing"}):
         raise UsageError(
@@ -357,7 +368,10 @@ def write(
             f"{exc}; the counts may or may not have been added: check them with "
             "convert_to_labeled.py --analyze before running again with --force"
         ) from None
-    store.update_history(claim, {**entry, "status": "done"})
+    try:
+        store.update_history(claim, {**entry, "status": "done"})
+    except StoreError as exc:
+        raise StoreError(f"the metrics were written, but {exc}") from None
     return after
 
 
@@ -370,7 +384,7 @@ def history_entry(
     summary = plan.summary()
     return {
         "document_name": args.document_name,
-        "time": datetime.datetime.now(datetime.timezone.utc),
+        "time": datetime.datetime.now(datetime.UTC),
         "file": os.path.abspath(args.input) if args.input != "-" else "-",
         "sha256": loaded.sha256,
         "mode": plan.mode,

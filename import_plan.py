@@ -20,6 +20,7 @@ from bson.int64 import Int64
 
 import metric_keys
 import mongo_store
+from timestamps import parse_time
 
 MERGE = "merge"
 REPLACE = "replace"
@@ -146,18 +147,6 @@ def last_updated_problem(value: Any) -> str | None:
             return f"last_updated is not an ISO-8601 time: {short(value)}"
         return None
     return f"last_updated is a {type(value).__name__}, not a time"
-
-
-def parse_time(value: str | datetime.datetime) -> datetime.datetime:
-    """Read an ISO-8601 string or a datetime as a naive UTC datetime."""
-    moment = (
-        value
-        if isinstance(value, datetime.datetime)
-        else datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    )
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-    return moment
 
 
 def validate(document: Mapping[str, Any]) -> dict[str, Any]:

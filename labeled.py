@@ -28,7 +28,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import cli_support
@@ -197,7 +197,7 @@ def counter_increments(jobs: Iterable[Job]) -> dict[str, Number]:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _days(now: datetime) -> tuple[str, str]:
@@ -205,7 +205,7 @@ def _days(now: datetime) -> tuple[str, str]:
     local = now.date().isoformat()
     if now.tzinfo is None:
         return local, local
-    return local, now.astimezone(timezone.utc).date().isoformat()
+    return local, now.astimezone(UTC).date().isoformat()
 
 
 def same_day_expression(now: datetime) -> dict[str, Any]:
@@ -266,30 +266,21 @@ def record_pipeline(
     verbatim.  time_lapsed_today restarts from time_lapsed when the stored
     last_updated is of another day; the server decides, in the same update.
     """
-    pairs: list[dict[str, Any]] = [
-        {
-            "k": {"$literal": key},
-            "v": {"$add": [{"$ifNull": [mongo_store.field(key), 0]}, value]},
-        }
+    counters = {
+        key: value
         for key, value in increments.items()
         if key not in (TIME_KEY, LAST_UPDATED)
-    ]
+    }
     stored_time = {"$ifNull": [mongo_store.field(TIME_KEY), 0]}
-    pairs.append(
-        {
-            "k": TIME_KEY,
-            "v": {
-                "$cond": [
-                    same_day_expression(now),
-                    {"$add": [stored_time, time_lapsed]},
-                    time_lapsed,
-                ]
-            },
-        }
-    )
-    pairs.append({"k": LAST_UPDATED, "v": {"$literal": now.isoformat()}})
-    new_values = {"$arrayToObject": [pairs]}
-    return [{"$replaceWith": {"$mergeObjects": ["$$ROOT", new_values]}}]
+    day_time = {
+        "$cond": [
+            same_day_expression(now),
+            {"$add": [stored_time, time_lapsed]},
+            time_lapsed,
+        ]
+    }
+    computed = {TIME_KEY: day_time, LAST_UPDATED: {"$literal": now.isoformat()}}
+    return mongo_store.sum_pipeline(counters, computed)
 
 
 def record_jobs(
@@ -352,7 +343,7 @@ def _stored_day(value: Any, now: datetime) -> str:
         return value[:10]
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         return local if value.date().isoformat() == utc else ""
     if isinstance(value, date):
         return value.isoformat()
@@ -456,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample",
         help="record realistic made-up jobs, for demos and load tests",
         description="Record N realistic jobs, the same ones for the same seed, "
-        "in one atomic update.",
+        "in as few atomic updates as MongoDB's command size allows.",
     )
     sample.add_argument(
         "--jobs", default="100", help="how many jobs (default %(default)s)"
@@ -587,10 +578,9 @@ def sample_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli_support.setup_logging(args.log_level)
-    if args.command == "sample":
-        return sample_command(args)
-    return record_command(args)
+    command = sample_command if args.command == "sample" else record_command
+    return cli_support.run(command, args)
 
 
 if __name__ == "__main__":
-    sys.exit(cli_support.run(main, sys.argv[1:]))
+    sys.exit(main())

@@ -110,13 +110,56 @@ def write_document(
                     f"{existing} already exists; choose another name or pass "
                     "--overwrite"
                 )
-    atomic_write(path, data, overwrite)
-    atomic_write(checksum_path, checksum, overwrite=True)
+    write_files_atomically({path: data, checksum_path: checksum}, overwrite)
     return WrittenFile(path, len(data), digest)
 
 
 def atomic_write(path: str, data: bytes, overwrite: bool) -> None:
     """Write data to a temporary file beside path, fsync it, then move it there."""
+    write_files_atomically({path: data}, overwrite)
+
+
+def write_files_atomically(files: dict[str, bytes], overwrite: bool) -> None:
+    """Write each file in full to a temporary one first, then move them all in place.
+
+    Writing, where a full disk or a size limit strikes, happens before any
+    file is moved, so a failure leaves none of them behind.
+    """
+    staged: dict[str, str] = {}
+    placed: list[str] = []
+    try:
+        for path, data in files.items():
+            staged[path] = _stage(path, data)
+        for path, temporary in staged.items():
+            if overwrite:
+                os.replace(temporary, path)
+            else:
+                os.link(temporary, path)
+                os.unlink(temporary)
+            placed.append(path)
+        for folder in {os.path.dirname(os.path.abspath(p)) for p in files}:
+            _fsync_folder(folder)
+    except BaseException as exc:
+        for temporary in staged.values():
+            _remove(temporary)
+        if not overwrite:
+            for path in placed:
+                _remove(path)
+        if isinstance(exc, FileExistsError):
+            raise FileError(
+                f"{exc.filename2 or exc.filename} already exists; pass --overwrite "
+                "to replace it"
+            ) from None
+        if isinstance(exc, OSError):
+            raise FileError(
+                f"cannot write {exc.filename or next(iter(files))}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        raise
+
+
+def _stage(path: str, data: bytes) -> str:
+    """Write data to a new temporary file beside path, mode 0600; return its name."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         handle, temporary = tempfile.mkstemp(
@@ -130,23 +173,13 @@ def atomic_write(path: str, data: bytes, overwrite: bool) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        if overwrite:
-            os.replace(temporary, path)
-        else:
-            os.link(temporary, path)
-            os.unlink(temporary)
-        _fsync_folder(folder)
-    except FileExistsError:
-        _remove(temporary)
-        raise FileError(
-            f"{path} already exists; pass --overwrite to replace it"
-        ) from None
     except OSError as exc:
         _remove(temporary)
         raise FileError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         _remove(temporary)
         raise
+    return temporary
 
 
 def _remove(path: str) -> None:

@@ -280,12 +280,19 @@ def field(key: str) -> dict[str, Any]:
     return {"$getField": {"field": {"$literal": key}, "input": "$$ROOT"}}
 
 
-def sum_pipeline(increments: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """An update pipeline that adds each increment to the stored value."""
+def sum_pipeline(
+    increments: Mapping[str, Any], computed: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """An update pipeline that adds each increment to the stored value.
+
+    Each key in computed is set to the value of its expression, evaluated
+    against the document as it was before the update.
+    """
     pairs = [
         {"k": {"$literal": key}, "v": {"$add": [{"$ifNull": [field(key), 0]}, value]}}
         for key, value in increments.items()
     ]
+    pairs += [{"k": {"$literal": k}, "v": v} for k, v in (computed or {}).items()]
     new_values = {"$arrayToObject": [pairs]}
     return [{"$replaceWith": {"$mergeObjects": ["$$ROOT", new_values]}}]
 

@@ -8,13 +8,11 @@ period is ever published as if it were current.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import bson
 import pymongo
@@ -27,6 +25,7 @@ import exposition
 from collector import GAUGE, Build, Builder, Family
 from exposition import Exposition
 from mongo_store import MAX_DOCUMENT_BYTES, MetricsStore, StoreError
+from timestamps import unix_time
 
 log = logging.getLogger("exporter")
 
@@ -78,20 +77,6 @@ def read_document(store: MetricsStore, timeout: float) -> Read:
         return Read(None, time.perf_counter() - started, str(exc))
     raw = found.raw if found is not None else None
     return Read(raw, time.perf_counter() - started)
-
-
-def unix_time(value: Any) -> float | None:
-    """Return last_updated (a BSON date or an ISO-8601 string) as Unix time."""
-    if isinstance(value, str):
-        try:
-            value = datetime.datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None
-    if not isinstance(value, datetime.datetime):
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value.timestamp()
 
 
 def gauge(name: str, value: float | int, labels: str = "") -> Family:

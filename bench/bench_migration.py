@@ -44,7 +44,7 @@ from sample_data import sample_jobs  # noqa: E402
 from tests.servers import WireServer  # noqa: E402
 
 LARGEST = "largest"
-NOW = datetime.datetime(2025, 6, 1, 12, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2025, 6, 1, 12, 0, tzinfo=datetime.UTC)
 JOBS_PER_KEY = 0.45  # about how many jobs it takes to add one new key
 
 EXPORT_BASELINE = """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,7 +32,7 @@ def old_server_document(jobs: int, seed: int) -> dict[str, object]:
             for key, value in builder.increments(job):
                 document[key] = document.get(key, 0) + value  # type: ignore[operator]
     document[labeled.TIME_KEY] = round(seconds % 86_400, 3)
-    document["last_updated"] = datetime.now(timezone.utc).isoformat()
+    document["last_updated"] = datetime.now(UTC).isoformat()
     return document
 
 

@@ -37,12 +37,18 @@ def require_binary(name: str) -> str:
     pytest.skip(message)
 
 
+class ProcessExited(RuntimeError):
+    """A server the tests started has stopped by itself."""
+
+
 def wait_until(check, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
             if check():
                 return
+        except ProcessExited:
+            raise  # waiting longer cannot help
         except Exception:
             pass
         if time.monotonic() > deadline:
@@ -94,7 +100,7 @@ class WireServer:
     def _answers(self, uri: str) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise RuntimeError("wire server exited:\n" + self.log())
+            raise ProcessExited("wire server exited:\n" + self.log())
         with pymongo.MongoClient(uri, serverSelectionTimeoutMS=500) as client:
             client.admin.command("ping")
         return True
@@ -184,7 +190,7 @@ class PrometheusServer:
     def _ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise RuntimeError("prometheus exited:\n" + self.log())
+            raise ProcessExited("prometheus exited:\n" + self.log())
         with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as response:
             return response.status == 200
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pytest
+import yaml
 
 import exporter
 from mongo_store import Location, MetricsStore
 from tests.servers import REPO, free_port
 from tests.test_exporter import Exporter, expected_samples, parse_text, served_samples
-
-yaml = pytest.importorskip("yaml", reason="PyYAML comes with the test extra")
 
 MANIFEST = REPO / "deploy" / "telemetry-gateway-deployment.yaml"
 DOCKERFILE = REPO / "Dockerfile"

@@ -39,6 +39,7 @@ import exporter as exporter_cli
 import exposition
 import metric_keys
 import snapshots
+import timestamps
 from collector import (
     BAD_COUNTER_VALUE,
     COLLISION,
@@ -477,11 +478,12 @@ def test_own_metrics_describe_the_document(mongo_uri: str, location: Location) -
 
 def test_last_updated_is_read_in_both_stored_forms() -> None:
     moment = datetime.datetime(2026, 5, 4, 10, 20, 30)
-    assert snapshots.unix_time(moment) == 1777890030.0
-    assert snapshots.unix_time("2026-05-04T10:20:30+00:00") == 1777890030.0
-    assert snapshots.unix_time("2026-05-04T12:20:30+02:00") == 1777890030.0
-    assert snapshots.unix_time("yesterday") is None
-    assert snapshots.unix_time(None) is None
+    assert timestamps.unix_time(moment) == 1777890030.0
+    assert timestamps.unix_time("2026-05-04T10:20:30+00:00") == 1777890030.0
+    assert timestamps.unix_time("2026-05-04T12:20:30+02:00") == 1777890030.0
+    assert timestamps.unix_time(" 2026-05-04T10:20:30Z ") == 1777890030.0
+    assert timestamps.unix_time("yesterday") is None
+    assert timestamps.unix_time(None) is None
 
 
 def test_the_application_answers_head_and_refuses_other_methods(

@@ -30,8 +30,8 @@ from tests.conftest import run_script
 from tests.proxy import DOWN, UP, Fault, Proxy
 from tests.servers import REPO, WireServer, free_port
 
-EARLY = datetime.datetime(2025, 3, 1, 12, 0, tzinfo=datetime.timezone.utc)
-LATE = datetime.datetime(2025, 4, 1, 12, 0, tzinfo=datetime.timezone.utc)
+EARLY = datetime.datetime(2025, 3, 1, 12, 0, tzinfo=datetime.UTC)
+LATE = datetime.datetime(2025, 4, 1, 12, 0, tzinfo=datetime.UTC)
 
 
 def canonical(document: dict | None) -> str:

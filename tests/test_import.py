@@ -86,7 +86,7 @@ def test_export_then_import_gives_back_the_identical_document(
         "   \u2139  No existing metrics in MongoDB (will create new)\n"
         "\n"
         "[3/4] Planning import operation...\n"
-        "   Mode: MERGE"
+        "   Mode: MERGE (imported metrics added to existing)\n"
     )
     counts = "   Current metrics: 0\n   Imported metrics: 10\n   Final metrics: 10\n"
     for output in (dry.stdout, result.stdout):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -44,7 +44,7 @@ from mongo_store import Location, MetricsStore
 from sample_data import sample_jobs
 from tests.conftest import run_script
 
-NOW = datetime(2026, 5, 17, 12, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 5, 17, 12, 30, tzinfo=UTC)
 EXAMPLE = Job(
     network="resnet50",
     action="train",
@@ -447,7 +447,7 @@ stored_times = st.one_of(
 nows = st.datetimes(
     datetime(2026, 5, 16),
     datetime(2026, 5, 18),
-    timezones=st.sampled_from([None, timezone.utc, timezone(timedelta(hours=5))]),
+    timezones=st.sampled_from([None, UTC, timezone(timedelta(hours=5))]),
 )
 
 
