@@ -36,7 +36,9 @@ class Analysis:
 
     @property
     def metric_count(self) -> int:
-        return sum(n for family, n in self.counts.items() if family != "bookkeeping")
+        return sum(
+            n for family, n in self.counts.items() if family != metric_keys.BOOKKEEPING
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -61,14 +63,15 @@ def _plain(total: Decimal) -> int | float:
 def analyze(document: Mapping[str, Any], check_keys: bool = True) -> Analysis:
     """Count each family, add up its values and list keys that need a look.
 
-    With check_keys off only the families are counted: all an export reports,
-    and a fraction of the work on a large document.
+    With check_keys off only the families are counted (the size is left at 0):
+    all an export reports, and a fraction of the work on a large document.
     """
-    result = Analysis(size_bytes=stored_size(document))
+    result = Analysis()
     if not check_keys:
         for key in document:
             result.counts[metric_keys.classify(key)] += 1
         return result
+    result.size_bytes = stored_size(document)
     for key, value in document.items():
         family = metric_keys.classify(key)
         result.counts[family] += 1

@@ -153,7 +153,7 @@ def validate(document: Mapping[str, Any]) -> dict[str, Any]:
     """Return the document's metrics and last_updated, or raise InvalidInput."""
     problems: dict[str, list[str]] = {}
     for key, value in document.items():
-        if key in ("_id", "name"):
+        if key in metric_keys.IDENTITY_KEYS:
             continue
         if key == "last_updated":
             problem = last_updated_problem(value)
@@ -165,7 +165,7 @@ def validate(document: Mapping[str, Any]) -> dict[str, Any]:
             )
     if problems:
         raise InvalidInput(describe_problems(problems))
-    return {k: v for k, v in document.items() if k not in ("_id", "name")}
+    return {k: v for k, v in document.items() if k not in metric_keys.IDENTITY_KEYS}
 
 
 def describe_problems(problems: Mapping[str, list[str]]) -> str:
@@ -189,7 +189,7 @@ def plan_import(
     current = {
         key: value
         for key, value in (current_document or {}).items()
-        if key not in ("_id", "name")
+        if key not in metric_keys.IDENTITY_KEYS
     }
     pipeline: list[dict[str, Any]]
     mine = current.get("last_updated")

@@ -298,12 +298,21 @@ def record_jobs(
     """
     now = now or utc_now()
     after: dict[str, Any] = {}
+    recorded = 0
     for chunk in _chunks(jobs, max_keys or MAX_KEYS_PER_UPDATE):
         increments = counter_increments(chunk)
         time_lapsed = sum(job.time_lapsed for job in chunk)
         pipeline = record_pipeline(increments, time_lapsed, now)
         action = f"recording {len(chunk)} job(s) in {store.location.describe()}"
-        after = store.apply(pipeline, action)
+        try:
+            after = store.apply(pipeline, action)
+        except mongo_store.StoreError as exc:
+            if recorded:
+                raise mongo_store.StoreError(
+                    f"{exc} ({recorded} earlier jobs were recorded)"
+                ) from None
+            raise
+        recorded += len(chunk)
         log.info("recorded jobs=%d keys=%d", len(chunk), len(increments))
     return after
 

@@ -22,6 +22,8 @@ METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 BOOKKEEPING_KEYS = frozenset({"_id", "name", "last_updated"})
+# The fields that identify the document rather than describe the metrics.
+IDENTITY_KEYS = frozenset({"_id", "name"})
 TIME_KEY = "time_lapsed_today"
 
 LABELED = "labeled"

@@ -22,6 +22,8 @@ import pymongo
 from pymongo import ReturnDocument
 from pymongo import errors as mongo_errors
 
+from metric_keys import IDENTITY_KEYS
+
 DEFAULT_URI = "mongodb://localhost:27017"
 DEFAULT_DB = "metrics"
 DEFAULT_COLLECTION = "metrics"
@@ -271,7 +273,7 @@ def add_missing_pipeline(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
 def replace_pipeline(name: str, document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """An update pipeline that makes the document exactly this one, keeping _id."""
     content = {"name": name}
-    content.update((k, v) for k, v in document.items() if k not in ("_id", "name"))
+    content.update((k, v) for k, v in document.items() if k not in IDENTITY_KEYS)
     return [{"$replaceWith": {"$literal": content}}]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import import_plan
 import labeled
 import mongo_store
 from sample_data import sample_jobs
@@ -55,7 +56,7 @@ def main() -> int:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-    metrics = len(after) - 2
+    metrics = import_plan.count_metrics(after)
     print(f"seeded {args.db}: {metrics} metrics from {args.jobs} sample jobs")
     return 0
 
