@@ -37,6 +37,21 @@ def require_binary(name: str) -> str:
     pytest.skip(message)
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, kill: bool = False) -> None:
+    """Stop a process with SIGTERM (it may flush) or SIGKILL, and reap it."""
+    if process is None or process.poll() is not None:
+        return
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class ProcessExited(RuntimeError):
     """A server the tests started has stopped by itself."""
 
@@ -107,17 +122,7 @@ class WireServer:
 
     def stop(self, kill: bool = False) -> None:
         """Stop with SIGTERM (lets it flush) or SIGKILL."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, kill)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
@@ -228,14 +233,7 @@ class PrometheusServer:
         return found
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
     def log(self) -> str:
         if not self.log_path.exists():
