@@ -108,3 +108,12 @@ def history(client, location: Location) -> list[dict]:
     """Return the import history of a location, oldest first."""
     name = location.collection + HISTORY_COLLECTION_SUFFIX
     return list(client[location.db][name].find().sort("time", 1))
+
+
+def one_error_line(result) -> str:
+    """Assert a run failed with status 1 and exactly one line on stderr; return it."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]

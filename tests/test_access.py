@@ -25,6 +25,7 @@ import metrics_file
 import mongo_store
 from mongo_store import Location, MetricsStore, StoreError
 from tests.conftest import run_script
+from tests.helpers import one_error_line
 from tests.servers import REPO, WireServer, wait_until
 
 PASSWORD = "pa:ss/w@rd %s3cret"
@@ -98,14 +99,6 @@ def assert_no_secret(*texts: str) -> None:
 
 def folder_text(folder: Path) -> str:
     return "".join(path.read_text(errors="replace") for path in folder.iterdir())
-
-
-def one_error_line(result) -> str:
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def test_credentials_from_the_environment(auth_server, metrics, tmp_path):

@@ -27,6 +27,7 @@ import labeled
 import metrics_file
 from sample_data import sample_jobs
 from tests.conftest import run_script
+from tests.helpers import one_error_line
 from tests.proxy import DOWN, UP, Fault, Proxy
 from tests.servers import REPO, WireServer, free_port
 
@@ -55,15 +56,6 @@ def upstream_port(uri: str) -> int:
     host, port = uri_parser.parse_uri(uri)["nodelist"][0]
     assert host in ("127.0.0.1", "localhost"), "the proxy forwards to this machine"
     return port
-
-
-def one_error_line(result) -> str:
-    """Assert a run failed with status 1 and exactly one line on stderr; return it."""
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def leftovers(folder: Path) -> list[str]:
