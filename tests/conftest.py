@@ -16,6 +16,17 @@ import pytest
 from mongo_store import Location
 from tests.servers import REPO, WireServer
 
+# The session's wire server, whose log a failing test's report shows.
+SESSION_SERVERS: list[WireServer] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and SESSION_SERVERS:
+        report.sections.append(("wire server log", SESSION_SERVERS[0].log()))
+
 
 @pytest.fixture(scope="session")
 def mongo_uri() -> Iterator[str]:
@@ -25,10 +36,12 @@ def mongo_uri() -> Iterator[str]:
         yield external
         return
     server = WireServer().start()
+    SESSION_SERVERS.append(server)
     try:
         yield server.uri
     finally:
         server.stop()
+        SESSION_SERVERS.remove(server)
 
 
 @pytest.fixture(scope="session")
