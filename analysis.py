@@ -109,7 +109,7 @@ def stored_size(document: Mapping[str, Any]) -> int:
 
 def _check_labeled(key: str, result: Analysis) -> None:
     try:
-        metric_keys.parse_key(key)
+        metric_keys.check_key(key)
     except metric_keys.InvalidKey:
         result.broken.append(key)
 

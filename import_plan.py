@@ -131,7 +131,7 @@ def key_problem(key: str) -> str | None:
         return "key is not valid Unicode text (lone surrogate)"
     if metric_keys.is_labeled(key):
         try:
-            metric_keys.parse_key(key)
+            metric_keys.check_key(key)
         except metric_keys.InvalidKey as exc:
             return f"broken labels: {exc}"
     return None

@@ -116,6 +116,30 @@ _PLAIN_KEY_RE = re.compile(
 )
 
 
+_PLAIN_VALUE_RE = re.compile(r'"[^"\\\n]*"')
+
+
+def check_key(key: str) -> None:
+    """Raise InvalidKey unless parse_key would read key; faster for many keys.
+
+    A quote-free key is valid exactly when its shape, with every value
+    emptied, is: the shapes of a document repeat, so each is checked once.
+    """
+    if "{" in key and _PLAIN_KEY_RE.fullmatch(key):
+        if _valid_shape(_PLAIN_VALUE_RE.sub('""', key)):
+            return
+    parse_key(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_shape(shape: str) -> bool:
+    try:
+        parse_key(shape)
+    except InvalidKey:
+        return False
+    return True
+
+
 def _plain_labels(text: str) -> dict[str, str] | None:
     """Read quote-free label pairs; None when unsorted, repeated or reserved."""
     parts = text.split('"')

@@ -151,6 +151,28 @@ def test_any_text_parses_to_its_own_spelling_or_is_refused(text: str) -> None:
     assert format_key(name, labels) == text
 
 
+def accepts(check, key: str) -> bool:
+    try:
+        check(key)
+    except InvalidKey:
+        return False
+    return True
+
+
+@given(
+    st.one_of(
+        key_like_text,
+        st.text(max_size=60),
+        st.builds(format_key, metric_names, label_sets.filter(bool)),
+    )
+)
+@example('m{__a="1"}')
+@example('m{b="1",a="2"}')
+@settings(max_examples=400)
+def test_check_key_accepts_exactly_what_parse_key_reads(text: str) -> None:
+    assert accepts(metric_keys.check_key, text) == accepts(parse_key, text)
+
+
 @given(metric_names, label_sets.filter(bool), st.integers(0, 200), key_like_text)
 def test_damaged_keys_never_raise_anything_else(name, labels, cut, noise) -> None:
     key = format_key(name, labels)
