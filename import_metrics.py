@@ -110,16 +110,7 @@ def run_import(args: argparse.Namespace) -> int:
     say("TAO Telemetry: Import Metrics to MongoDB")
     say(RULE)
     say()
-    say(f"[1/4] Loading metrics from {args.input}...")
-    loaded = metrics_file.read_document(args.input)
-    imported = import_plan.validate(loaded.document)
-    count = import_plan.count_metrics(imported)
-    if count == 0:
-        raise UsageError(f"{args.input} holds no metrics; nothing to import")
-    say(f"   ✓ Loaded {count} metric entries")
-    say(f"   ✓ File size: {loaded.size:,} bytes ({loaded.size / 2**20:.2f} MB)")
-    say()
-
+    loaded, imported = load_file(args, say)
     with cli_support.open_store(args) as store:
         say("[2/4] Loading current metrics from MongoDB...")
         current = store.read()
@@ -144,22 +135,51 @@ def run_import(args: argparse.Namespace) -> int:
             return 0
         if problems:
             raise UsageError(problems[0])
-        store.check_can_write()
-        confirm_replace(plan, args)
-        say("[4/4] Writing to MongoDB...")
-        backup = take_backup(store, current, args)
-        if backup:
-            say(f"   ✓ Backup of the previous document: {backup}")
-            undo = ["--input", backup, "--replace", *target_arguments(args)]
-            say(f"     (undo with: python import_metrics.py {shlex.join(undo)})")
-        entry = history_entry(plan, args, loaded, backup)
-        after = write(store, plan, entry, claim_id(plan, args, loaded.sha256))
-        check_written(plan, after, backup)
+        after, backup = execute(store, plan, current, args, loaded, say)
     say()
     show_result(say, plan, after)
     if args.json:
         print(json.dumps({"dry_run": False, "backup": backup, **plan.summary()}))
     return 0
+
+
+def load_file(
+    args: argparse.Namespace, say: Report
+) -> tuple[metrics_file.LoadedFile, dict[str, Any]]:
+    """Read and check the backup file; return it and its metrics."""
+    say(f"[1/4] Loading metrics from {args.input}...")
+    loaded = metrics_file.read_document(args.input)
+    imported = import_plan.validate(loaded.document)
+    count = import_plan.count_metrics(imported)
+    if count == 0:
+        raise UsageError(f"{args.input} holds no metrics; nothing to import")
+    say(f"   ✓ Loaded {count} metric entries")
+    say(f"   ✓ File size: {loaded.size:,} bytes ({loaded.size / 2**20:.2f} MB)")
+    say()
+    return loaded, imported
+
+
+def execute(
+    store: MetricsStore,
+    plan: Plan,
+    current: dict[str, Any] | None,
+    args: argparse.Namespace,
+    loaded: metrics_file.LoadedFile,
+    say: Report,
+) -> tuple[dict[str, Any], str | None]:
+    """Back up, write and verify; return the document after and the backup's path."""
+    store.check_can_write()
+    confirm_replace(plan, args)
+    say("[4/4] Writing to MongoDB...")
+    backup = take_backup(store, current, args)
+    if backup:
+        say(f"   ✓ Backup of the previous document: {backup}")
+        undo = ["--input", backup, "--replace", *target_arguments(args)]
+        say(f"     (undo with: python import_metrics.py {shlex.join(undo)})")
+    entry = history_entry(plan, args, loaded, backup)
+    after = write(store, plan, entry, claim_id(plan, args, loaded.sha256))
+    check_written(plan, after, backup)
+    return after, backup
 
 
 def show_plan(say: Report, plan: Plan) -> None:
