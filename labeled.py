@@ -445,13 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument(
         "--automl-triggered", action="store_true", help="AutoML started the job"
     )
-    record.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the keys and increments without contacting the database",
+    add_output_options(
+        record, "print the keys and increments without contacting the database"
     )
-    record.add_argument("--json", action="store_true", help="print JSON on stdout")
-    cli_support.add_connection_options(record)
     sample = commands.add_parser(
         "sample",
         help="record realistic made-up jobs, for demos and load tests",
@@ -464,14 +460,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--seed", type=int, default=0, help="picks the jobs (default %(default)s)"
     )
-    sample.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="count the keys the jobs would change without contacting the database",
+    add_output_options(
+        sample, "count the keys the jobs would change without contacting the database"
     )
-    sample.add_argument("--json", action="store_true", help="print JSON on stdout")
-    cli_support.add_connection_options(sample)
     return parser
+
+
+def add_output_options(command: argparse.ArgumentParser, dry_run_help: str) -> None:
+    """Add --dry-run, --json and the connection options to a subcommand."""
+    command.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    command.add_argument("--json", action="store_true", help="print JSON on stdout")
+    cli_support.add_connection_options(command)
 
 
 def job_count(text: str) -> int:
